@@ -1,0 +1,32 @@
+"""The one place where mixcl_arch patches BasicSR 1.4.2 for current torch / torchvision.
+
+BasicSR 1.4.2 (the last PyPI release, 2022) does ``from torchvision.transforms.functional_tensor import
+rgb_to_grayscale`` in ``basicsr/data/degradations.py``. torchvision 0.17 removed that private module, so
+``import basicsr`` fails with ModuleNotFoundError on any current torchvision. We register a small alias module
+before BasicSR is imported; it forwards to the public ``torchvision.transforms.functional``. This module must be
+imported before anything imports basicsr, which ``mixcl_arch/__init__.py`` guarantees.
+
+The other 1.4.2 flaws (resume on torch >= 2.6 and on CPU, experiments root) are fixed in the entry points
+(``mixcl_arch/train.py``) because they live in BasicSR functions, not in imports.
+"""
+import sys
+import types
+
+
+def _alias_functional_tensor():
+    name = 'torchvision.transforms.functional_tensor'
+    if name in sys.modules:
+        return
+    try:
+        import torchvision.transforms.functional_tensor  # noqa: F401  (old torchvision: nothing to do)
+        return
+    except ImportError:
+        pass
+    import torchvision.transforms.functional as tf
+    shim = types.ModuleType(name)
+    shim.rgb_to_grayscale = tf.rgb_to_grayscale
+    shim.__doc__ = 'Alias created by mixcl_arch.compat for BasicSR 1.4.2 on torchvision >= 0.17.'
+    sys.modules[name] = shim
+
+
+_alias_functional_tensor()

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install mixcl_arch and what it needs, skipping what is already there.
+# torch is never forced: if it is missing we install the offline-available build (override with TORCH_SPEC).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
+  echo "[install] torch/torchvision not found: installing ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
+  # shellcheck disable=SC2086
+  "$PY" -m pip install -q ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
+fi
+if ! "$PY" -c "import mixcl_arch, pytest, pytorch_msssim, open_clip, lmdb, skimage" >/dev/null 2>&1 \
+   || [ "$("$PY" -c 'import mixcl_arch,os;print(os.path.dirname(os.path.dirname(mixcl_arch.__file__)))' 2>/dev/null)" != "$PWD" ]; then
+  echo "[install] pip install -e '.[test]'"
+  "$PY" -m pip install -q -e '.[test]'
+fi

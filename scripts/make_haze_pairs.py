@@ -1,0 +1,276 @@
+#!/usr/bin/env python
+"""Turn a folder of clear images into hazy/clear pairs in the DehazeFormer layout.
+
+Model: I = J * t + A * (1 - t), t = exp(-beta * d)  (see mixcl_arch/utils/haze.py for the conventions).
+
+Output::
+
+    ROOT/train/GT/<rel>/<stem>.png                       clear image (resized if --max-size)
+    ROOT/train/hazy/<rel>/<stem>_<k>_<A>_<beta>.png      k-th hazy version
+    ROOT/train/meta.csv                                  hazy,gt,domain,beta,A,depth_source
+    ROOT/test/...                                        held-out images (never shared with train)
+
+Depth: from ``--depth-dir`` (a file named like the image's relative path with extension .npy, .png or .pfm) when
+present, else a pseudo-depth (vertical prior + smoothed dark channel, see haze.pseudo_depth). beta and A are drawn
+per domain from RESIDE-like ranges (indoor: ITS, outdoor: OTS); every image has its own random stream derived from
+--seed and its relative path, so runs are reproducible and adding images does not change the others.
+
+Example::
+
+    python scripts/make_haze_pairs.py --input ../shared/photos --output datasets/photos_haze \
+        --domain-csv ../shared/photos/MANIFEST.csv --versions 4 --test-frac 0.1 --max-size 512 --seed 0
+"""
+import argparse
+import csv
+import io
+import json
+import os
+import os.path as osp
+import sys
+import time
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from mixcl_arch.utils.haze import (DOMAIN_PRESETS, IMG_EXTENSIONS, atomic_imwrite, atomic_write_text,  # noqa: E402
+                                   fill_invalid_depth, haze_depth, image_rng, imread_rgb, load_depth_file,
+                                   pseudo_depth, sample_haze_params, synthesize_haze)
+
+META_COLUMNS = ('hazy', 'gt', 'domain', 'beta', 'A', 'depth_source')
+DEPTH_EXTENSIONS = ('.npy', '.png', '.pfm')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--input', required=True, help='folder of clear images (searched recursively)')
+    p.add_argument('--output', required=True, help='dataset root; writes ROOT/{train,test}/{hazy,GT} + meta.csv')
+    p.add_argument('--domain', choices=sorted(DOMAIN_PRESETS), default=None,
+                   help='domain of every image (or the fallback for images missing from --domain-csv)')
+    p.add_argument('--domain-csv', default=None, help='CSV with a file column and a domain column')
+    p.add_argument('--csv-file-col', default='file', help='file column of --domain-csv (default: file)')
+    p.add_argument('--csv-domain-col', default='domain', help='domain column of --domain-csv (default: domain)')
+    p.add_argument('--depth-dir', default=None, help='per-image depth/disparity files: <rel path stem>.{npy,png,pfm}')
+    p.add_argument('--depth-kind', choices=('depth', 'disparity'), default='depth')
+    p.add_argument('--png-scale', type=float, default=1000.0, help='16-bit PNG depth divisor (default 1000)')
+    p.add_argument('--focal', type=float, default=None, help='focal length in px (disparity files)')
+    p.add_argument('--baseline', type=float, default=None, help='stereo baseline (disparity files)')
+    p.add_argument('--doffs', type=float, default=0.0, help='principal point x offset in px (disparity files)')
+    p.add_argument('--require-depth', action='store_true', help='error instead of pseudo-depth when no depth file')
+    p.add_argument('--depth-norm', choices=('max', 'none'), default='max',
+                   help="'max': depth/max*depth_scale (default); 'none': metric depth*depth_scale")
+    p.add_argument('--depth-scale', type=float, default=None, help='override the per-domain depth scale')
+    p.add_argument('--beta', type=float, nargs=2, default=None, metavar=('LO', 'HI'), help='override beta range')
+    p.add_argument('--A', type=float, nargs=2, default=None, metavar=('LO', 'HI'), help='override A range')
+    p.add_argument('--versions', type=int, default=3, help='hazy versions per training image')
+    p.add_argument('--test-versions', type=int, default=None, help='hazy versions per test image (default: same)')
+    p.add_argument('--test-frac', type=float, default=0.0, help='fraction of images held out for test')
+    p.add_argument('--test-count', type=int, default=None, help='number of images held out (overrides frac)')
+    p.add_argument('--test-names', default=None,
+                   help='comma-separated stems or relative paths held out (overrides frac/count)')
+    p.add_argument('--max-size', type=int, default=0, help='resize so the long side is at most this (0: keep)')
+    p.add_argument('--hazy-ext', choices=('.png', '.jpg'), default='.png')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--overwrite', action='store_true', help='allow writing into a root that already has meta.csv')
+    args = p.parse_args(argv)
+    if args.versions < 1:
+        p.error('--versions must be >= 1')
+    if args.test_versions is None:
+        args.test_versions = args.versions
+    if not 0.0 <= args.test_frac < 1.0:
+        p.error('--test-frac must be in [0, 1)')
+    return args
+
+
+def list_images(folder):
+    """Sorted relative paths (forward slashes) of the images under ``folder``."""
+    if not osp.isdir(folder):
+        raise FileNotFoundError(f'Input folder not found: {folder}')
+    rels = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+        for name in filenames:
+            if name.lower().endswith(IMG_EXTENSIONS) and not name.startswith('.'):
+                rels.append(osp.relpath(osp.join(dirpath, name), folder).replace(os.sep, '/'))
+    if not rels:
+        raise ValueError(f'No images found in {folder} (extensions: {", ".join(IMG_EXTENSIONS)})')
+    stems = {}
+    for rel in sorted(rels):
+        stem = osp.splitext(rel)[0]
+        if stem in stems:
+            raise ValueError(f'Two input images share the stem {stem!r}: {stems[stem]} and {rel}; rename one')
+        stems[stem] = rel
+    return sorted(rels)
+
+
+def resolve_domains(rels, args):
+    """Domain per relative path from --domain-csv (matched by relative path, then basename) and --domain."""
+    table = {}
+    if args.domain_csv:
+        if not osp.isfile(args.domain_csv):
+            raise FileNotFoundError(f'Domain CSV not found: {args.domain_csv}')
+        with open(args.domain_csv, newline='', encoding='utf-8') as f:
+            reader = csv.DictReader(f)
+            for col in (args.csv_file_col, args.csv_domain_col):
+                if col not in (reader.fieldnames or []):
+                    raise ValueError(f'{args.domain_csv}: column {col!r} missing (columns: {reader.fieldnames})')
+            for row in reader:
+                table[row[args.csv_file_col].strip().replace('\\', '/')] = row[args.csv_domain_col].strip()
+    domains, missing = {}, []
+    for rel in rels:
+        dom = table.get(rel, table.get(osp.basename(rel), args.domain))
+        if dom is None:
+            missing.append(rel)
+            continue
+        if dom not in DOMAIN_PRESETS:
+            raise ValueError(f'{rel}: unknown domain {dom!r} (from {args.domain_csv or "--domain"}); '
+                             f'known: {sorted(DOMAIN_PRESETS)}')
+        domains[rel] = dom
+    if missing:
+        raise ValueError(f'No domain for {len(missing)} image(s), e.g. {missing[:3]}: list them in --domain-csv '
+                         'or pass --domain indoor|outdoor as the fallback')
+    return domains
+
+
+def resolve_depth_files(rels, args):
+    """Depth file per relative path (or None) from --depth-dir."""
+    out = {}
+    for rel in rels:
+        out[rel] = None
+        if not args.depth_dir:
+            continue
+        stem = osp.splitext(rel)[0]
+        for ext in DEPTH_EXTENSIONS:
+            cand = osp.join(args.depth_dir, stem + ext)
+            if osp.isfile(cand):
+                out[rel] = cand
+                break
+    if args.depth_dir and not osp.isdir(args.depth_dir):
+        raise FileNotFoundError(f'Depth folder not found: {args.depth_dir}')
+    if args.require_depth:
+        lacking = [r for r, d in out.items() if d is None]
+        if lacking:
+            raise FileNotFoundError(f'--require-depth: no depth file in {args.depth_dir} for {lacking[:3]} '
+                                    f'({len(lacking)} image(s); expected <stem>{{{",".join(DEPTH_EXTENSIONS)}}})')
+    if args.depth_kind == 'disparity' and any(out.values()) and (args.focal is None or args.baseline is None):
+        raise ValueError('--depth-kind disparity needs --focal and --baseline')
+    return out
+
+
+def split_images(rels, args):
+    """Deterministic train/test split by image (all hazy versions of an image stay in one split)."""
+    if args.test_names:
+        wanted = [n.strip() for n in args.test_names.split(',') if n.strip()]
+        keys = {r: {r, osp.splitext(r)[0], osp.basename(r), osp.splitext(osp.basename(r))[0]} for r in rels}
+        test = [r for r in rels if keys[r] & set(wanted)]
+        unknown = [w for w in wanted if not any(w in k for k in keys.values())]
+        if unknown:
+            raise ValueError(f'--test-names not found among the input images: {unknown}')
+    else:
+        n_test = args.test_count if args.test_count is not None else int(round(args.test_frac * len(rels)))
+        if n_test < 0 or n_test >= len(rels):
+            raise ValueError(f'Cannot hold out {n_test} of {len(rels)} images (train would be empty)')
+        order = np.random.default_rng(args.seed).permutation(len(rels))
+        test = [rels[i] for i in sorted(order[:n_test])]
+    test_set = set(test)
+    return [r for r in rels if r not in test_set], sorted(test_set)
+
+
+def resize_long_side(img, max_size, interp):
+    h, w = img.shape[:2]
+    if max_size <= 0 or max(h, w) <= max_size:
+        return img
+    s = max_size / float(max(h, w))
+    return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=interp)
+
+
+def to_u8_bgr(img):
+    return np.ascontiguousarray((np.clip(img, 0, 1) * 255.0 + 0.5).astype(np.uint8)[..., ::-1])
+
+
+def process_image(rel, split, n_versions, domain, depth_file, args, presets):
+    """Write the GT and the hazy versions of one image; return its meta rows."""
+    src = osp.join(args.input, rel)
+    clear = imread_rgb(src)
+    if depth_file is not None:
+        depth = load_depth_file(depth_file, kind=args.depth_kind, png_scale=args.png_scale, focal=args.focal,
+                                baseline=args.baseline, doffs=args.doffs)
+        if depth.shape != clear.shape[:2]:
+            raise ValueError(f'Depth shape mismatch: {depth_file} is {depth.shape[0]}x{depth.shape[1]} but image '
+                             f'{src} is {clear.shape[0]}x{clear.shape[1]} (H x W)')
+        depth, _ = fill_invalid_depth(depth, name=depth_file)
+        source = f'{args.depth_kind}:{osp.basename(depth_file)}'
+    else:
+        depth, source = None, 'pseudo'
+    clear = resize_long_side(clear, args.max_size, cv2.INTER_AREA)
+    clear = to_u8_bgr(clear)[..., ::-1].astype(np.float32) / 255.0  # the GT as stored: hazy is built from it
+    if depth is None:
+        depth = pseudo_depth(clear)
+    else:
+        depth = resize_long_side(depth, args.max_size, cv2.INTER_LINEAR)
+    scale = args.depth_scale if args.depth_scale is not None else presets[domain]['depth_scale']
+    d = haze_depth(depth, depth_scale=scale, depth_norm=args.depth_norm)
+
+    stem = osp.splitext(rel)[0]
+    gt_rel = stem + '.png'
+    atomic_imwrite(to_u8_bgr(clear), osp.join(args.output, split, 'GT', gt_rel))
+    rng = image_rng(args.seed, rel)
+    rows = []
+    for k in range(1, n_versions + 1):
+        beta, A = sample_haze_params(rng, domain, presets)
+        hazy, _ = synthesize_haze(clear, d, beta, A)
+        hazy_rel = f'{stem}_{k}_{A:.2f}_{beta:.3f}{args.hazy_ext}'
+        atomic_imwrite(to_u8_bgr(hazy), osp.join(args.output, split, 'hazy', hazy_rel))
+        rows.append({'hazy': hazy_rel, 'gt': gt_rel, 'domain': domain, 'beta': f'{beta:.6f}', 'A': f'{A:.6f}',
+                     'depth_source': source})
+    return rows
+
+
+def write_meta(rows, path):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=META_COLUMNS, lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(buf.getvalue(), path)
+
+
+def main(argv=None):
+    """Run the CLI; returns the JSON-able summary dict."""
+    args = parse_args(argv)
+    t0 = time.time()
+    presets = {k: dict(v) for k, v in DOMAIN_PRESETS.items()}
+    for dom in presets.values():
+        if args.beta is not None:
+            dom['beta'] = tuple(args.beta)
+        if args.A is not None:
+            dom['A'] = tuple(args.A)
+    rels = list_images(args.input)
+    domains = resolve_domains(rels, args)
+    depth_files = resolve_depth_files(rels, args)
+    train, test = split_images(rels, args)
+    for split in ('train', 'test'):
+        meta = osp.join(args.output, split, 'meta.csv')
+        if osp.exists(meta) and not args.overwrite:
+            raise FileExistsError(f'{meta} exists: choose another --output or pass --overwrite')
+
+    summary = {'output': osp.abspath(args.output), 'seed': args.seed, 'splits': {}}
+    for split, items, n_ver in (('train', train, args.versions), ('test', test, args.test_versions)):
+        rows = []
+        for rel in items:
+            rows.extend(process_image(rel, split, n_ver, domains[rel], depth_files[rel], args, presets))
+        if items:
+            write_meta(rows, osp.join(args.output, split, 'meta.csv'))
+        summary['splits'][split] = {
+            'images': len(items),
+            'pairs': len(rows),
+            'names': items,
+            'domains': {d: sum(1 for r in items if domains[r] == d) for d in sorted(set(domains.values()))},
+            'depth_files': sum(1 for r in items if depth_files[r] is not None),
+        }
+    summary['seconds'] = round(time.time() - t0, 2)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == '__main__':
+    main()

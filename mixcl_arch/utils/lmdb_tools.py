@@ -1,0 +1,275 @@
+"""Image folders to BasicSR-format LMDB, without BasicSR's known pitfalls.
+
+Layout of one database (what ``basicsr.utils.FileClient('lmdb', ...)`` reads)::
+
+    NAME.lmdb/
+        data.mdb
+        lock.mdb
+        meta_info.txt      one line per image: ``key (h,w,c) compress_level``
+
+Differences from ``basicsr.utils.lmdb_util.make_lmdb_from_imgs``:
+
+* the key is the image's path relative to the folder without its extension (``sub/0001_0.8_0.2``): dotted stems
+  survive and equal names in different subfolders do not collide; two files that map to one key are an error;
+* the map size is computed from the data (decoded size bound, page-rounded, with margin) and grown on MapFullError;
+* keys must be ASCII because FileClient encodes them with ``.encode('ascii')``: non-ASCII names raise a clear error
+  listing them, or, with ``non_ascii='quote'``, are percent-encoded (see :func:`path_to_key`);
+* the database is written to ``NAME.lmdb.tmp`` and renamed when complete and verified, so an interrupted run never
+  leaves a half-written database under the final name;
+* everything is read back and compared to the source pixels (``verify=True``), with a progress bar.
+
+Readers should parse ``meta_info.txt`` with :func:`read_meta_info` (``line.rsplit(' ', 2)``), not with BasicSR's
+``line.split('.')[0]`` which truncates dotted keys.
+"""
+import os
+import os.path as osp
+import shutil
+import urllib.parse
+
+import cv2
+import lmdb
+import numpy as np
+from tqdm import tqdm
+
+from .haze import IMG_EXTENSIONS
+
+__all__ = ['path_to_key', 'scan_image_folder', 'make_lmdb_from_folder', 'read_meta_info', 'verify_lmdb']
+
+_PAGE = 4096
+
+
+def path_to_key(rel_path, non_ascii='error'):
+    """LMDB key for an image path relative to its folder.
+
+    Args:
+        rel_path (str): Relative path, e.g. ``sub/0001_0.8_0.2.png``.
+        non_ascii (str): 'error' (raise ValueError for non-ASCII names) or 'quote' (percent-encode them with
+            ``urllib.parse.quote``; ASCII names are left unchanged).
+
+    Returns:
+        str: Key with forward slashes and without the extension, e.g. ``sub/0001_0.8_0.2``.
+    """
+    key = osp.splitext(rel_path.replace(os.sep, '/'))[0]
+    if ' ' in key:
+        raise ValueError(f'{rel_path}: spaces are not allowed in LMDB keys (meta_info.txt is space separated)')
+    if not key.isascii():
+        if non_ascii == 'quote':
+            return urllib.parse.quote(key, safe="/_-.~+=,;:@!$&'()*")
+        raise ValueError(f'{rel_path}: non-ASCII file name; BasicSR FileClient needs ASCII keys. Rename the file '
+                         "or pass non_ascii='quote' (--non-ascii quote) to percent-encode it")
+    return key
+
+
+def scan_image_folder(folder, non_ascii='error'):
+    """Images under ``folder`` (recursive) and their keys.
+
+    Args:
+        folder (str): Image folder.
+        non_ascii (str): See :func:`path_to_key`.
+
+    Returns:
+        list[tuple[str, str]]: Sorted ``(relative_path, key)`` pairs.
+
+    Raises:
+        FileNotFoundError: ``folder`` is missing. ValueError: no images, two files with one key, or bad names.
+    """
+    if not osp.isdir(folder):
+        raise FileNotFoundError(f'Image folder not found: {folder}')
+    rels = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+        rels += [
+            osp.relpath(osp.join(dirpath, n), folder).replace(os.sep, '/') for n in filenames
+            if n.lower().endswith(IMG_EXTENSIONS) and not n.startswith('.')
+        ]
+    if not rels:
+        raise ValueError(f'No images found in {folder} (extensions: {", ".join(IMG_EXTENSIONS)})')
+    errors, seen, out = [], {}, []
+    for rel in sorted(rels):
+        try:
+            key = path_to_key(rel, non_ascii)
+        except ValueError as err:
+            errors.append(str(err))
+            continue
+        if key in seen:
+            errors.append(f'{seen[key]} and {rel} map to the same key {key!r}')
+        seen[key] = rel
+        out.append((rel, key))
+    if errors:
+        raise ValueError(f'{folder}: {len(errors)} problem(s):\n  ' + '\n  '.join(errors[:20]))
+    return out
+
+
+def _read_raw(path):
+    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f'Unreadable image (OpenCV cannot decode it): {path}')
+    return img
+
+
+def _estimate_map_size(folder, items):
+    """Upper bound of the database size from the images' decoded sizes (header read only, via PIL)."""
+    from PIL import Image
+    total = 0
+    for rel, key in items:
+        path = osp.join(folder, rel)
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+                bands = len(im.getbands())
+                bytes_per = 2 if im.mode.startswith('I;16') or im.mode == 'I' else 1
+        except Exception:  # PIL cannot parse every OpenCV format: fall back to decoding
+            img = _read_raw(path)
+            h, w = img.shape[:2]
+            bands = 1 if img.ndim == 2 else img.shape[2]
+            bytes_per = img.dtype.itemsize
+        raw = h * w * bands * bytes_per
+        # PNG of incompressible data is raw + ~0.1% + headers; values live in page-rounded overflow pages
+        total += ((int(raw * 1.01) + 1024) // _PAGE + 1) * _PAGE + len(key) + 64
+    return int(total * 1.5) + 64 * 1024 * 1024
+
+
+def read_meta_info(lmdb_path):
+    """Parse ``meta_info.txt`` of a database.
+
+    Args:
+        lmdb_path (str): The ``.lmdb`` folder.
+
+    Returns:
+        list[tuple[str, tuple[int, int, int], int]]: ``(key, (h, w, c), compress_level)`` per line.
+    """
+    path = osp.join(lmdb_path, 'meta_info.txt')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'meta_info.txt not found in {lmdb_path}')
+    out = []
+    with open(path, encoding='ascii') as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip('\n')
+            if not line:
+                continue
+            parts = line.rsplit(' ', 2)
+            if len(parts) != 3 or not (parts[1].startswith('(') and parts[1].endswith(')')):
+                raise ValueError(f'{path}:{n}: malformed line {line!r} (expected "key (h,w,c) level")')
+            shape = tuple(int(v) for v in parts[1][1:-1].split(','))
+            out.append((parts[0], shape, int(parts[2])))
+    return out
+
+
+def verify_lmdb(lmdb_path, folder=None, items=None, progress=True):
+    """Read every key listed in meta_info.txt back, decode it and check its shape (and pixels against ``folder``).
+
+    Args:
+        lmdb_path (str): The ``.lmdb`` folder.
+        folder (str | None): Source folder; when given with ``items`` the decoded pixels must equal the source.
+        items (list[tuple[str, str]] | None): ``(relative_path, key)`` pairs from :func:`scan_image_folder`.
+        progress (bool): Show a tqdm progress bar.
+
+    Returns:
+        int: Number of verified images.
+
+    Raises:
+        ValueError: A key is missing, undecodable, of the wrong shape or different from its source.
+    """
+    meta = read_meta_info(lmdb_path)
+    src = dict((k, r) for r, k in items) if items is not None else {}
+    env = lmdb.open(lmdb_path, readonly=True, lock=False, readahead=False, subdir=True)
+    try:
+        with env.begin(write=False) as txn:
+            n_entries = txn.stat()['entries']
+            if n_entries != len(meta):
+                raise ValueError(f'{lmdb_path}: {n_entries} entries but meta_info.txt lists {len(meta)}')
+            for key, shape, _ in tqdm(meta, desc=f'verify {osp.basename(lmdb_path)}', disable=not progress):
+                buf = txn.get(key.encode('ascii'))
+                if buf is None:
+                    raise ValueError(f'{lmdb_path}: key {key!r} from meta_info.txt is missing')
+                img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
+                if img is None:
+                    raise ValueError(f'{lmdb_path}: value of key {key!r} does not decode')
+                got = img.shape if img.ndim == 3 else img.shape + (1, )
+                if tuple(got) != tuple(shape):
+                    raise ValueError(f'{lmdb_path}: key {key!r} decodes to {got}, meta_info says {shape}')
+                if folder is not None and key in src:
+                    ref = _read_raw(osp.join(folder, src[key]))
+                    if ref.shape != img.shape or not np.array_equal(ref, img):
+                        raise ValueError(f'{lmdb_path}: key {key!r} differs from its source {src[key]}')
+    finally:
+        env.close()
+    return len(meta)
+
+
+def make_lmdb_from_folder(folder,
+                          lmdb_path,
+                          compress_level=1,
+                          non_ascii='error',
+                          batch=500,
+                          verify=True,
+                          overwrite=False,
+                          progress=True):
+    """Write every image of ``folder`` into a BasicSR-format LMDB at ``lmdb_path``.
+
+    Args:
+        folder (str): Image folder (recursive).
+        lmdb_path (str): Destination, must end with ``.lmdb``.
+        compress_level (int): PNG compression level 0-9 of the stored values (BasicSR default 1).
+        non_ascii (str): 'error' or 'quote', see :func:`path_to_key`.
+        batch (int): Images per write transaction.
+        verify (bool): Read everything back and compare with the sources before publishing.
+        overwrite (bool): Replace an existing database at ``lmdb_path``.
+        progress (bool): Show tqdm progress bars.
+
+    Returns:
+        dict: ``{'lmdb': path, 'images': n, 'map_size': bytes, 'data_bytes': size of data.mdb}``.
+    """
+    if not lmdb_path.endswith('.lmdb'):
+        raise ValueError(f'LMDB path must end with .lmdb, got {lmdb_path}')
+    if osp.exists(lmdb_path) and not overwrite:
+        raise FileExistsError(f'{lmdb_path} exists: pass overwrite=True (--overwrite) to replace it')
+    items = scan_image_folder(folder, non_ascii)
+    tmp_path = lmdb_path.rstrip('/') + '.tmp'
+    if osp.exists(tmp_path):
+        shutil.rmtree(tmp_path)
+    os.makedirs(tmp_path)
+    map_size = _estimate_map_size(folder, items)
+    env = lmdb.open(tmp_path, map_size=map_size, subdir=True)
+    meta_lines = []
+    try:
+        bar = tqdm(total=len(items), desc=f'write {osp.basename(lmdb_path)}', disable=not progress)
+        for start in range(0, len(items), batch):
+            chunk = []
+            for rel, key in items[start:start + batch]:
+                img = _read_raw(osp.join(folder, rel))
+                ok, buf = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, int(compress_level)])
+                if not ok:
+                    raise ValueError(f'Cannot PNG-encode {osp.join(folder, rel)} (shape {img.shape})')
+                c = 1 if img.ndim == 2 else img.shape[2]
+                chunk.append((key, buf.tobytes(), f'{key} ({img.shape[0]},{img.shape[1]},{c}) {compress_level}'))
+            while True:
+                try:
+                    with env.begin(write=True) as txn:
+                        for key, value, _ in chunk:
+                            txn.put(key.encode('ascii'), value)
+                    break
+                except lmdb.MapFullError:
+                    # the estimate is an upper bound for normal images; grow instead of failing anyway
+                    map_size *= 2
+                    env.set_mapsize(map_size)
+            meta_lines += [line for _, _, line in chunk]
+            bar.update(len(chunk))
+        bar.close()
+    finally:
+        env.close()
+    with open(osp.join(tmp_path, 'meta_info.txt'), 'w', encoding='ascii') as f:
+        f.write('\n'.join(meta_lines) + '\n')
+        f.flush()
+        os.fsync(f.fileno())
+    if verify:
+        verify_lmdb(tmp_path, folder, items, progress=progress)
+    if osp.exists(lmdb_path):
+        shutil.rmtree(lmdb_path)
+    os.replace(tmp_path, lmdb_path)
+    return {
+        'lmdb': lmdb_path,
+        'images': len(items),
+        'map_size': map_size,
+        'data_bytes': osp.getsize(osp.join(lmdb_path, 'data.mdb'))
+    }

@@ -107,7 +107,7 @@ def test_collisions_non_ascii_and_existing(tmp_path):
     with pytest.raises(ValueError, match='No images'):
         (tmp_path / 'empty').mkdir()
         lmdb_tools.make_lmdb_from_folder(str(tmp_path / 'empty'), str(tmp_path / 'e.lmdb'), progress=False)
-    with pytest.raises(FileNotFoundError, match='feature store'):
+    with pytest.raises(FileNotFoundError, match='Feature store.*missing.pt'):
         _dataset(tmp_path / 'ds')
         create_lmdb.main(['--root', str(tmp_path / 'ds'), '--feature-store', 'missing.pt', '--quiet'])
 

@@ -1,0 +1,111 @@
+"""Seamless tiled inference for images larger than a tile size.
+
+The image is covered by overlapping tiles (evenly spaced, the last one flush with the border). Each tile's output
+is weighted by a separable window that is 1 inside the tile and, on every side that overlaps a neighbour, falls to 0
+across the overlap: the outer quarter of the overlap gets weight 0 (the tile-border pixels, where padding makes a
+network's output differ from the whole-image output, are never used), the middle half a raised-cosine ramp. Two
+neighbours' windows sum to exactly 1 over their overlap, and the accumulated result is divided by the accumulated
+weights, so any network whose receptive field reaches at most ``overlap // 4`` pixels gives exactly the untiled
+output, and networks with global operations (pooling, attention) blend smoothly instead of showing seams.
+"""
+import math
+
+import torch
+
+
+def tile_starts(size, tile, overlap):
+    """Evenly spaced tile origins along one axis.
+
+    Args:
+        size (int): Image length along the axis.
+        tile (int): Tile length.
+        overlap (int): Minimum overlap between neighbouring tiles.
+
+    Returns:
+        list[int]: Origins; the first is 0 and the last is ``size - tile`` (a single 0 when ``size <= tile``).
+    """
+    if size <= tile:
+        return [0]
+    n = math.ceil((size - overlap) / (tile - overlap))
+    n = max(n, 2)
+    return [round(i * (size - tile) / (n - 1)) for i in range(n)]
+
+
+def _ramp(length, overlap, device):
+    """Weights rising from 0 to 1 over ``overlap`` samples, as a (length,) tensor (index 0 = tile border)."""
+    w = torch.ones(length, dtype=torch.float64, device=device)
+    if overlap <= 0:
+        return w
+    margin = overlap // 4
+    n = max(overlap - 2 * margin, 1)
+    idx = torch.arange(length, dtype=torch.float64, device=device)
+    rise = 0.5 - 0.5 * torch.cos(math.pi * (idx - margin + 0.5) / n)
+    w = torch.where(idx < margin, torch.zeros_like(w), torch.where(idx < margin + n, rise, w))
+    return w
+
+
+def axis_weights(starts, tile, size, device='cpu'):
+    """1-D blending windows of every tile along one axis.
+
+    Args:
+        starts (list[int]): Tile origins from :func:`tile_starts`.
+        tile (int): Tile length (clipped to ``size``).
+        size (int): Image length.
+
+    Returns:
+        list[Tensor]: One (min(tile, size),) float64 window per tile.
+    """
+    length = min(tile, size)
+    out = []
+    for i, s in enumerate(starts):
+        left = starts[i - 1] + length - s if i > 0 else 0
+        right = s + length - starts[i + 1] if i + 1 < len(starts) else 0
+        w = _ramp(length, left, device) * _ramp(length, right, device).flip(0)
+        out.append(w)
+    return out
+
+
+def tiled_forward(fn, x, tile=512, overlap=32, out_channels=None):
+    """Apply ``fn`` to overlapping tiles of ``x`` and blend the results without seams.
+
+    Args:
+        fn (callable): Maps a (B, C, h, w) tensor to a (B, C_out, h, w) tensor (same spatial size).
+        x (Tensor): (B, C, H, W) input.
+        tile (int | None): Tile size in pixels; None or 0 (or an image no larger than ``tile`` on both sides)
+            runs ``fn`` on the whole image.
+        overlap (int): Overlap between neighbouring tiles in pixels, ``0 <= overlap < tile``.
+        out_channels (int | None): C_out when known; otherwise taken from the first tile.
+
+    Returns:
+        Tensor: (B, C_out, H, W) in the dtype ``fn`` returns.
+
+    Raises:
+        ValueError: For an invalid tile / overlap, or when ``fn`` changes the spatial size.
+    """
+    if x.dim() != 4:
+        raise ValueError(f'tiled_forward expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}.')
+    h, w = x.shape[2:]
+    if not tile or (h <= tile and w <= tile):
+        return fn(x)
+    tile, overlap = int(tile), int(overlap)
+    if tile < 1 or overlap < 0 or overlap >= tile:
+        raise ValueError(f'Need tile >= 1 and 0 <= tile_overlap < tile, got tile={tile}, overlap={overlap}.')
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    th, tw = min(tile, h), min(tile, w)
+    wy, wx = axis_weights(ys, tile, h, x.device), axis_weights(xs, tile, w, x.device)
+    acc = weight = None
+    for i, y0 in enumerate(ys):
+        for j, x0 in enumerate(xs):
+            out = fn(x[:, :, y0:y0 + th, x0:x0 + tw])
+            if out.shape[-2:] != (th, tw):
+                raise ValueError(f'tiled_forward: fn changed the tile size from {(th, tw)} to '
+                                 f'{tuple(out.shape[-2:])}; it must keep the spatial size.')
+            if acc is None:
+                c = out_channels or out.shape[1]
+                acc = torch.zeros(x.shape[0], c, h, w, dtype=torch.float32, device=out.device)
+                weight = torch.zeros(1, 1, h, w, dtype=torch.float32, device=out.device)
+            win = (wy[i][:, None] * wx[j][None, :]).to(device=out.device, dtype=torch.float32)
+            acc[:, :, y0:y0 + th, x0:x0 + tw] += out.float() * win
+            weight[:, :, y0:y0 + th, x0:x0 + tw] += win
+    # every pixel is covered with positive total weight by construction; the floor only guards against rounding
+    return (acc / weight.clamp_min(1e-12)).to(out.dtype)

@@ -23,6 +23,7 @@ MIXDEHAZENET_PRESETS = {
 }
 DEFAULT_EMBED_DIMS = [24, 48, 96, 48, 24]
 DATA_RANGES = ('signed', 'unit')
+MIN_INPUT_SIZE = 40
 
 
 def resolve_preset(variant, embed_dims, depths):
@@ -307,14 +308,17 @@ class _MixDehazeBackbone(nn.Module):
         self.patch_unembed = MixPatchUnEmbed(patch_size=1, out_chans=out_chans, embed_dim=embed_dims[4], kernel_size=3)
 
     def check_image_size(self, x):
-        """Reflect-pad (bottom/right) to a multiple of 4, as the reference does."""
+        """Reflect-pad (bottom/right) to a multiple of 4, as the reference does, and to at least 40 px.
+
+        The 1/4-scale stage uses reflect padding of 9, which needs 10 px there; the reference fails below 40 px,
+        so only inputs it cannot process get the extra padding (replicate where reflect is impossible).
+        """
         _, _, h, w = x.size()
-        mod_pad_h = (self.patch_size - h % self.patch_size) % self.patch_size
-        mod_pad_w = (self.patch_size - w % self.patch_size) % self.patch_size
-        if mod_pad_h or mod_pad_w:
-            if mod_pad_h >= h or mod_pad_w >= w:  # reflect needs pad < size; tiny inputs use replicate
-                return F.pad(x, (0, mod_pad_w, 0, mod_pad_h), 'replicate')
-            x = F.pad(x, (0, mod_pad_w, 0, mod_pad_h), 'reflect')
+        pad_h = max((self.patch_size - h % self.patch_size) % self.patch_size, MIN_INPUT_SIZE - h)
+        pad_w = max((self.patch_size - w % self.patch_size) % self.patch_size, MIN_INPUT_SIZE - w)
+        if pad_h or pad_w:
+            mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode)
         return x
 
     def _check_input(self, x, channels):
@@ -443,13 +447,14 @@ class MixCLDehazeNet(_MixDehazeBackbone):
         if text is None:
             raise ValueError(f'MixCLDehazeNet needs a conditioning tensor of shape (B, {self.num_cond}, '
                              f'{self.text_dim}); got None.')
+        shape = tuple(text.shape)
         if text.dim() == 2:
             text = text[:, None]
         if text.dim() != 3 or text.shape[0] != batch or text.shape[1] != self.num_cond \
                 or text.shape[2] != self.text_dim:
             expected = f'({batch}, {self.text_dim})' if self.num_cond == 1 else ''
             expected += (' or ' if expected else '') + f'({batch}, {self.num_cond}, {self.text_dim})'
-            raise ValueError(f'MixCLDehazeNet text feature: expected shape {expected}, got {tuple(text.shape)}.')
+            raise ValueError(f'MixCLDehazeNet text feature: expected shape {expected}, got {shape}.')
         return text
 
     def forward(self, x, text=None):

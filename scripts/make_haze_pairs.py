@@ -19,6 +19,12 @@ Example::
 
     python scripts/make_haze_pairs.py --input ../shared/photos --output datasets/photos_haze \
         --domain-csv ../shared/photos/MANIFEST.csv --versions 4 --test-frac 0.1 --max-size 512 --seed 0
+
+Index mode (an existing hazy/GT split such as ITS, OTS or SOTS, nothing synthesised): writes SPLIT/meta.csv with the
+GT of each hazy image found by name: the same relative path (DehazeFormer layout) or, failing that, the hazy stem up
+to its first underscore (ITS ``1_1_0.90179.png`` -> ``1.png``, OTS/SOTS ``0025_0.8_0.1.jpg`` -> ``0025.*``)::
+
+    python scripts/make_haze_pairs.py --index-existing datasets/ITS/train --domain indoor
 """
 import argparse
 import csv
@@ -43,8 +49,10 @@ DEPTH_EXTENSIONS = ('.npy', '.png', '.pfm')
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--input', required=True, help='folder of clear images (searched recursively)')
-    p.add_argument('--output', required=True, help='dataset root; writes ROOT/{train,test}/{hazy,GT} + meta.csv')
+    p.add_argument('--input', help='folder of clear images (searched recursively)')
+    p.add_argument('--output', help='dataset root; writes ROOT/{train,test}/{hazy,GT} + meta.csv')
+    p.add_argument('--index-existing', metavar='SPLIT', default=None,
+                   help='only write SPLIT/meta.csv for existing SPLIT/{hazy,GT} pairs (see above)')
     p.add_argument('--domain', choices=sorted(DOMAIN_PRESETS), default=None,
                    help='domain of every image (or the fallback for images missing from --domain-csv)')
     p.add_argument('--domain-csv', default=None, help='CSV with a file column and a domain column')
@@ -73,6 +81,8 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--overwrite', action='store_true', help='allow writing into a root that already has meta.csv')
     args = p.parse_args(argv)
+    if args.index_existing is None and (args.input is None or args.output is None):
+        p.error('--input and --output are required (unless --index-existing)')
     if args.versions < 1:
         p.error('--versions must be >= 1')
     if args.test_versions is None:
@@ -234,9 +244,43 @@ def write_meta(rows, path):
     atomic_write_text(buf.getvalue(), path)
 
 
+def index_existing(args):
+    """Write SPLIT/meta.csv for existing SPLIT/{hazy,GT} pairs; returns the summary dict."""
+    split = args.index_existing
+    hazy_dir, gt_dir = osp.join(split, 'hazy'), osp.join(split, 'GT')
+    if not osp.isdir(gt_dir) and osp.isdir(osp.join(split, 'gt')):
+        gt_dir = osp.join(split, 'gt')
+    hazy = list_images(hazy_dir)
+    gts = {}
+    for rel in list_images(gt_dir):
+        gts.setdefault(osp.splitext(rel)[0], rel)
+    args.input = hazy_dir
+    domains = resolve_domains(hazy, args)
+    rows, missing = [], []
+    for rel in hazy:
+        stem = osp.splitext(rel)[0]
+        head = osp.join(osp.dirname(stem), osp.basename(stem).split('_')[0]).replace(os.sep, '/').lstrip('./')
+        gt = gts.get(stem) or gts.get(head) or gts.get(osp.basename(stem).split('_')[0])
+        if gt is None:
+            missing.append(rel)
+            continue
+        rows.append({'hazy': rel, 'gt': gt, 'domain': domains[rel], 'beta': '', 'A': '', 'depth_source': 'unknown'})
+    if missing:
+        raise FileNotFoundError(f'No GT in {gt_dir} for {len(missing)} hazy image(s), e.g. {missing[:3]}')
+    meta = osp.join(split, 'meta.csv')
+    if osp.exists(meta) and not args.overwrite:
+        raise FileExistsError(f'{meta} exists: pass --overwrite to replace it')
+    write_meta(rows, meta)
+    summary = {'meta': meta, 'pairs': len(rows), 'gt_images': len({r['gt'] for r in rows})}
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
 def main(argv=None):
     """Run the CLI; returns the JSON-able summary dict."""
     args = parse_args(argv)
+    if args.index_existing:
+        return index_existing(args)
     t0 = time.time()
     presets = {k: dict(v) for k, v in DOMAIN_PRESETS.items()}
     for dom in presets.values():

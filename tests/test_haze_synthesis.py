@@ -177,3 +177,25 @@ def test_make_haze_pairs_bad_input(tmp_path):
                               'indoor', '--depth-dir', str(tmp_path / 'depth')])
     with pytest.raises(ValueError, match='No domain'):
         make_haze_pairs.main(['--input', str(tmp_path / 'in'), '--output', str(tmp_path / 'o')])
+
+
+def test_index_existing_its_and_dehazeformer_names(tmp_path):
+    split = tmp_path / 'ITS' / 'train'
+    for rel in ('GT/1.png', 'GT/22.png', 'hazy/1_1_0.90179.png', 'hazy/1_2_0.74.png', 'hazy/22_1_0.8.png'):
+        (split / rel).parent.mkdir(parents=True, exist_ok=True)
+        _write_img(split / rel, h=4, w=4)
+    make_haze_pairs.main(['--index-existing', str(split), '--domain', 'indoor'])
+    with open(split / 'meta.csv') as f:
+        rows = {r['hazy']: r['gt'] for r in csv.DictReader(f)}
+    assert rows == {'1_1_0.90179.png': '1.png', '1_2_0.74.png': '1.png', '22_1_0.8.png': '22.png'}
+    # DehazeFormer layout: identical names on both sides win over the underscore rule
+    same = tmp_path / 'R6K' / 'test'
+    for rel in ('GT/0001_0.8_0.2.png', 'hazy/0001_0.8_0.2.png', 'GT/0001.png'):
+        (same / rel).parent.mkdir(parents=True, exist_ok=True)
+        _write_img(same / rel, h=4, w=4)
+    make_haze_pairs.main(['--index-existing', str(same), '--domain', 'outdoor'])
+    with open(same / 'meta.csv') as f:
+        assert [(r['hazy'], r['gt']) for r in csv.DictReader(f)] == [('0001_0.8_0.2.png', '0001_0.8_0.2.png')]
+    (split / 'hazy' / '5_1_0.9.png').write_bytes((split / 'hazy' / '1_2_0.74.png').read_bytes())
+    with pytest.raises(FileNotFoundError, match='5_1_0.9.png'):
+        make_haze_pairs.main(['--index-existing', str(split), '--domain', 'indoor', '--overwrite'])

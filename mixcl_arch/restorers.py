@@ -1,0 +1,430 @@
+"""One interface over every way this project can dehaze an image (the CLI and the benchmark harness use it).
+
+A restorer maps a (B, 3, H, W) float tensor in [0, 1] to a tensor of the same shape in [0, 1] and has the attributes
+``name`` (str), ``num_params`` (int) and ``net`` (``nn.Module`` or None). :func:`build_restorer` makes one:
+
+- ``'net'``: a trained network (MixCLDehazeNet, MixDehazeNet or any registered arch) from a checkpoint, built from
+  an options YAML's ``network_g`` or, for the MixDehazeNet family, inferred from the checkpoint's keys; CLIP
+  conditioning is computed online with :class:`mixcl_arch.clip.CLIPPrior`, with an explicit fallback when the CLIP
+  weights are missing; optional seamless tiling and mixed precision;
+- ``'hazy'``: identity (the "do nothing" baseline);
+- ``'dcp'``: dark channel prior, ``mixcl_arch.baselines.dcp.DCPRestorer(**kwargs)``;
+- ``'dehazenet'``: ``mixcl_arch.baselines.dehazenet.DehazeNetRestorer(weights, device=device, **kwargs)``.
+
+The two baselines are imported only when requested.
+"""
+import copy
+import importlib
+import os
+import warnings
+
+import torch
+import yaml
+
+from mixcl_arch.utils.checkpoint import check_state_dict, extract_state_dict, infer_arch_from_state_dict, \
+    load_checkpoint_file
+from mixcl_arch.utils.tiling import tiled_forward
+
+METHODS = ('net', 'hazy', 'dcp', 'dehazenet')
+COND_MODES = ('hard', 'soft')
+AMP_DTYPES = {None: None, 'none': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+LAZY_BASELINES = {
+    'dcp': ('mixcl_arch.baselines.dcp', 'DCPRestorer'),
+    'dehazenet': ('mixcl_arch.baselines.dehazenet', 'DehazeNetRestorer'),
+}
+
+
+class ConditioningFallbackWarning(UserWarning):
+    """Emitted by :func:`build_restorer` when the network runs with fallback conditioning instead of CLIP."""
+
+
+def resolve_device(device='auto'):
+    """'auto' -> 'cuda' when available, else 'cpu'; other values are checked and returned as torch.device."""
+    if device is None or str(device) == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'Device {device} requested but CUDA is not available; use --device cpu or auto.')
+    return device
+
+
+def load_options(opt):
+    """Return an options dict from a dict, a YAML path, or None (-> {}).
+
+    Raises:
+        FileNotFoundError: For a missing YAML file.
+        ValueError: For a YAML that is not a mapping.
+    """
+    if opt is None:
+        return {}
+    if isinstance(opt, dict):
+        return copy.deepcopy(opt)
+    path = os.fspath(opt)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'Options file not found: {path}')
+    with open(path, encoding='utf-8') as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f'{path}: expected a YAML mapping with sections like network_g and clip.')
+    return data
+
+
+def count_params(module):
+    """Number of parameters of ``module`` (0 for None)."""
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+class HazyRestorer:
+    """Identity: returns the hazy input (clamped to [0, 1]); the lower bound of every comparison."""
+
+    name = 'hazy'
+    num_params = 0
+    net = None
+
+    def __call__(self, x):
+        """(B, 3, H, W) in [0, 1] -> the same tensor, clamped."""
+        return x.clamp(0, 1)
+
+
+def _infer_fusion_opts(state):
+    """proj_dim / fusion_chans of a MixCLDehazeNet state dict (text_dim is not stored in the weights)."""
+    return {
+        'proj_dim': int(state['text_emb.q1.weight'].shape[0]),
+        'fusion_chans': int(state['text_emb.postProj_s.weight'].shape[0]),
+    }
+
+
+def build_net_from_checkpoint(weights, opt=None, param_key=None, strict=True):
+    """Build a network and load its weights.
+
+    Args:
+        weights (str | None): Checkpoint (BasicSR ``params``/``params_ema`` or official ``state_dict`` format).
+            None uses ``opt['path']['pretrain_network_g']``.
+        opt (dict | None): Options with ``network_g`` (any registered arch). Without it the MixDehazeNet family is
+            inferred from the checkpoint: MixDehazeNet vs MixCLDehazeNet (``text_emb.*`` keys), stage widths and
+            depths, number of conditioning vectors, fusion sizes; built with ``data_range='unit'``.
+        param_key (str | None): Preferred weights key; None -> ``opt['path']['param_key_g']`` or 'params_ema'
+            (falls back to 'params', then 'state_dict').
+        strict (bool): Require an exact key match.
+
+    Returns:
+        tuple[nn.Module, dict]: The network in eval mode on CPU, and the network options used.
+    """
+    opt = opt or {}
+    path_opt = opt.get('path') or {}
+    weights = weights or path_opt.get('pretrain_network_g')
+    if not weights:
+        raise ValueError('No network weights given: pass --weights FILE (or set path.pretrain_network_g in the YAML).')
+    param_key = param_key or path_opt.get('param_key_g') or 'params_ema'
+    state = extract_state_dict(load_checkpoint_file(weights), param_key, weights)
+    if opt.get('network_g'):
+        from basicsr.archs import build_network
+        net_opt = copy.deepcopy(opt['network_g'])
+        if 'type' not in net_opt:
+            raise ValueError('network_g in the options has no `type`.')
+    else:
+        try:
+            net_opt = infer_arch_from_state_dict(state)
+        except ValueError as err:
+            raise ValueError(f'{weights}: cannot infer the network from the checkpoint ({err}). Pass --opt with a '
+                             'YAML whose network_g describes it.') from err
+        if net_opt['type'] == 'MixCLDehazeNet':
+            net_opt.update(_infer_fusion_opts(state))
+        net_opt['data_range'] = 'unit'
+        from basicsr.archs import build_network
+    net = build_network(copy.deepcopy(net_opt))
+    check_state_dict(net, state, weights, strict)
+    net.load_state_dict(state, strict=strict)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, net_opt
+
+
+def _cond_setting(opt, key):
+    """A conditioning setting from ``clip:`` or from the first dataset that has it."""
+    clip_opt = opt.get('clip') or {}
+    if clip_opt.get(key) is not None:
+        return clip_opt[key]
+    for ds in (opt.get('datasets') or {}).values():
+        if isinstance(ds, dict) and ds.get(key) is not None:
+            return ds[key]
+    return None
+
+
+def load_domain_text_features(path):
+    """Per-domain CLIP text features from a feature store file.
+
+    Uses ``mixcl_arch.clip``'s own store reader when it offers one, else reads a torch-saved dict.
+
+    Returns:
+        dict[str, Tensor]: domain name -> (E,) float32 feature.
+
+    Raises:
+        FileNotFoundError: Missing file.
+        ValueError: A file without per-domain text features.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'Feature store not found: {path}')
+    try:
+        store_mod = importlib.import_module('mixcl_arch.clip.store')
+    except ImportError:
+        store_mod = None
+    reader = getattr(store_mod, 'load_domain_text_features', None)
+    if reader is not None:
+        feats = reader(path)
+    else:
+        data = load_checkpoint_file(path)
+        feats = None
+        for key in ('domain_text', 'domain_text_features', 'domain_features', 'text_features'):
+            if isinstance(data, dict) and key in data:
+                feats = data[key]
+                break
+        if feats is None:
+            raise ValueError(f'{path}: no per-domain text features found (looked for domain_text / '
+                             'domain_text_features / domain_features / text_features).')
+        if isinstance(feats, torch.Tensor):
+            domains = (data.get('meta') or data).get('domains')
+            if domains is None or len(domains) != feats.shape[0]:
+                raise ValueError(f'{path}: per-domain text features of shape {tuple(feats.shape)} without a '
+                                 'matching `domains` list.')
+            feats = {d: feats[i] for i, d in enumerate(domains)}
+    return {str(k): torch.as_tensor(v, dtype=torch.float32).reshape(-1) for k, v in dict(feats).items()}
+
+
+class ConditionProvider:
+    """Computes the (B, K, E) conditioning of a batch: online CLIP, or a fixed fallback vector.
+
+    Args:
+        num_cond (int): K, the number of vectors the network takes.
+        cond_dim (int): E.
+        clip_opt (dict): CLIPPrior options (the YAML ``clip:`` section).
+        cond_mode (str): 'hard' (text feature of the most likely domain, the reference) or 'soft'.
+        cond_extra (list | None): Extra vectors after the primary one, as ``build_condition`` names them.
+        fallback (str): What to do when the CLIP weights are missing: 'error' (raise), 'none' (zero vectors) or a
+            domain name (that domain's text feature from ``feature_store``; extra vectors are zero).
+        feature_store (str | None): Feature store file with per-domain text features.
+        device (torch.device): Device of the CLIP model and of the returned tensors.
+    """
+
+    def __init__(self, num_cond, cond_dim, clip_opt=None, cond_mode='hard', cond_extra=None, fallback='error',
+                 feature_store=None, device='cpu'):
+        if cond_mode not in COND_MODES:
+            raise ValueError(f'cond_mode must be one of {COND_MODES}, got {cond_mode!r}.')
+        self.num_cond = int(num_cond)
+        self.cond_dim = int(cond_dim)
+        self.cond_mode = cond_mode
+        self.cond_extra = list(cond_extra or [])
+        self.device = torch.device(device)
+        self.prior = None
+        self.fixed = None
+        self.notes = []
+        self.source = None
+        self.last_probs = None
+        self.domains = None
+        fallback = 'error' if fallback is None else str(fallback)
+        try:
+            from mixcl_arch.clip import CLIPPrior, CLIPWeightsError
+        except ImportError as err:
+            CLIPPrior, CLIPWeightsError = None, None
+            clip_error = f'the CLIP prior (mixcl_arch.clip) cannot be imported: {err}'
+        if CLIPPrior is not None:
+            try:
+                self.prior = CLIPPrior.from_opt(dict(clip_opt or {}, device=str(self.device)))
+                self.source = 'clip'
+                self.domains = list(getattr(self.prior, 'domains', []) or [])
+                self._check_k()
+                return
+            except CLIPWeightsError as err:
+                clip_error = str(err)
+        if fallback == 'error':
+            raise RuntimeError(
+                f'CLIP weights are missing, so the conditioning cannot be computed: {clip_error}\n'
+                'Set the CLIP weights with `clip.pretrained` in the --opt YAML or --clip-pretrained FILE, or run '
+                'without CLIP by choosing a fallback: --cond-fallback <domain> (e.g. outdoor, with --feature-store '
+                'FILE holding the per-domain text features) or --cond-fallback none (zero conditioning vectors; '
+                'results are worse than with CLIP).')
+        if fallback == 'none':
+            self.fixed = torch.zeros(self.num_cond, self.cond_dim)
+            self.source = 'none'
+            self.notes.append(f'CLIP weights are missing ({clip_error.splitlines()[0]}). Using ZERO conditioning '
+                              'vectors (--cond-fallback none): the network runs without its CLIP prior.')
+        else:
+            if not feature_store:
+                raise ValueError(f'--cond-fallback {fallback} needs the per-domain text features of a feature store: '
+                                 'pass --feature-store FILE (written by scripts/extract_clip_features.py), or use '
+                                 '--cond-fallback none.')
+            feats = load_domain_text_features(feature_store)
+            if fallback not in feats:
+                raise ValueError(f'--cond-fallback {fallback}: domain not in {feature_store} (domains: {sorted(feats)}).')
+            vec = feats[fallback]
+            if vec.numel() != self.cond_dim:
+                raise ValueError(f'{feature_store}: text feature of {fallback!r} has {vec.numel()} values, the network '
+                                 f'takes {self.cond_dim}.')
+            self.fixed = torch.zeros(self.num_cond, self.cond_dim)
+            self.fixed[0] = vec
+            self.source = f'domain:{fallback}'
+            self.notes.append(f'CLIP weights are missing ({clip_error.splitlines()[0]}). Using the fixed text feature '
+                              f'of domain {fallback!r} from {feature_store} for every image (--cond-fallback).')
+            if self.num_cond > 1:
+                self.notes.append(f'The network takes {self.num_cond} conditioning vectors; vectors 2..{self.num_cond}'
+                                  ' need CLIP and are set to zero.')
+        self.fixed = self.fixed.to(self.device)
+
+    def _check_k(self):
+        if 1 + len(self.cond_extra) != self.num_cond:
+            raise ValueError(f'The network takes {self.num_cond} conditioning vectors but the options give 1 + '
+                             f'{len(self.cond_extra)} (cond_extra={self.cond_extra}); set cond_extra in the YAML '
+                             '(clip: or datasets:) to what the network was trained with.')
+
+    @torch.no_grad()
+    def __call__(self, x):
+        """(B, 3, H, W) in [0, 1] -> (B, K, E) float32 conditioning."""
+        if self.fixed is not None:
+            return self.fixed[None].expand(x.shape[0], -1, -1)
+        from mixcl_arch.clip import build_condition
+        out = self.prior(x.float().clamp(0, 1))
+        self.last_probs = out.get('probs')
+        cond = build_condition(out, mode=self.cond_mode, extra=self.cond_extra)
+        if cond.dim() == 2:
+            cond = cond[:, None]
+        if tuple(cond.shape[1:]) != (self.num_cond, self.cond_dim):
+            raise ValueError(f'CLIP conditioning has shape {tuple(cond.shape)}, the network takes '
+                             f'(B, {self.num_cond}, {self.cond_dim}); check clip.model and cond_extra.')
+        return cond.float()
+
+
+class NetRestorer:
+    """A trained network as a restorer; see :func:`build_restorer` for the arguments.
+
+    Attributes:
+        net (nn.Module): The network (eval mode, on ``device``).
+        cond (ConditionProvider | None): Conditioning source, None for unconditioned nets.
+        notes (list[str]): Messages for the user (fallbacks in use).
+    """
+
+    def __init__(self, net, cond=None, device='cpu', tile=None, tile_overlap=32, amp=None, name=None):
+        if amp not in AMP_DTYPES:
+            raise ValueError(f'amp must be one of {[k for k in AMP_DTYPES if k]} or None, got {amp!r}.')
+        if tile is not None and tile and (int(tile) <= int(tile_overlap) or int(tile_overlap) < 0):
+            raise ValueError(f'Need tile > tile_overlap >= 0, got tile={tile}, tile_overlap={tile_overlap}.')
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.cond = cond
+        self.tile = int(tile) if tile else None
+        self.tile_overlap = int(tile_overlap)
+        self.amp_dtype = AMP_DTYPES[amp]
+        self.name = name or type(net).__name__
+        self.num_params = count_params(net)
+        self.num_cond = int(getattr(net, 'num_cond', 0) or 0)
+        self.data_range = getattr(net, 'data_range', 'unit')
+        self.notes = list(cond.notes) if cond is not None else []
+        if self.num_cond > 0 and cond is None:
+            raise ValueError(f'{self.name} takes {self.num_cond} conditioning vectors; a ConditionProvider is needed.')
+
+    def _forward(self, x, cond):
+        if self.data_range == 'signed':
+            x = x * 2 - 1
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            y = self.net(x) if self.num_cond == 0 else self.net(x, cond)
+        y = y.float()
+        return (y + 1) * 0.5 if self.data_range == 'signed' else y
+
+    @torch.no_grad()
+    def __call__(self, x):
+        """Dehaze a batch.
+
+        Args:
+            x (Tensor): (B, 3, H, W) float in [0, 1], any device.
+
+        Returns:
+            Tensor: (B, 3, H, W) float32 in [0, 1] on ``x``'s device.
+        """
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f'Restorer input must be (B, 3, H, W), got {tuple(x.shape)}.')
+        src_device = x.device
+        x = x.to(self.device, torch.float32)
+        # conditioning comes from the whole image once, so every tile shares it
+        cond = self.cond(x) if self.num_cond > 0 else None
+        out = tiled_forward(lambda t: self._forward(t, cond), x, self.tile, self.tile_overlap)
+        return out.clamp_(0, 1).to(src_device)
+
+
+def _lazy_baseline(method):
+    module_name, cls_name = LAZY_BASELINES[method]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ImportError(f"Method {method!r} needs {module_name} ({cls_name}), which cannot be imported: {err}. "
+                          "Use --method net or hazy, or install the complete mixcl_arch package.") from err
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        raise ImportError(f'Method {method!r}: {module_name} has no {cls_name}.')
+    return cls
+
+
+def build_restorer(method, weights=None, opt=None, device='cpu', **kwargs):
+    """Build a restorer.
+
+    Args:
+        method (str): 'net', 'hazy', 'dcp' or 'dehazenet'.
+        weights (str | None): Checkpoint for 'net' and 'dehazenet'.
+        opt (dict | str | None): Options dict or YAML path ('net': ``network_g``, ``clip:``, ``path``).
+        device (str | torch.device): 'cpu', 'cuda', 'cuda:1' or 'auto'.
+        **kwargs: For 'dcp' / 'dehazenet', passed to the baseline class. For 'net':
+
+            - ``param_key`` (str): weights key, default ``path.param_key_g`` or 'params_ema' (then 'params').
+            - ``clip`` (dict): overrides of the ``clip:`` options, e.g. ``{'pretrained': '/path/clip.pt'}``.
+            - ``cond_mode`` ('hard' | 'soft') and ``cond_extra`` (list): default from the YAML, else 'hard', [].
+            - ``cond_fallback`` (str): 'error' (default), 'none' or a domain name; used only when the CLIP
+              weights are missing.
+            - ``feature_store`` (str): file with per-domain text features for a domain fallback.
+            - ``tile`` (int | None), ``tile_overlap`` (int, default 32): tiled inference.
+            - ``amp`` (None | 'fp16' | 'bf16'): autocast dtype.
+            - ``strict`` (bool, default True): exact checkpoint key match.
+
+    Returns:
+        A callable restorer: (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1], with ``name``, ``num_params``,
+        ``net``.
+
+    Raises:
+        ValueError: Unknown method or bad options. RuntimeError: CLIP weights missing with no fallback.
+        ImportError: A baseline module that is not available.
+    """
+    if method not in METHODS:
+        raise ValueError(f'Unknown method {method!r}; expected one of {METHODS}.')
+    device = resolve_device(device)
+    if method == 'hazy':
+        if kwargs:
+            raise ValueError(f"Method 'hazy' takes no options, got {sorted(kwargs)}.")
+        return HazyRestorer()
+    if method == 'dcp':
+        return _lazy_baseline('dcp')(**kwargs)
+    if method == 'dehazenet':
+        return _lazy_baseline('dehazenet')(weights, device=str(device), **kwargs)
+
+    allowed = {'param_key', 'clip', 'cond_mode', 'cond_extra', 'cond_fallback', 'feature_store', 'tile', 'tile_overlap',
+               'amp', 'strict'}
+    unknown = set(kwargs) - allowed
+    if unknown:
+        raise ValueError(f"Unknown options for method 'net': {sorted(unknown)}; allowed: {sorted(allowed)}.")
+    opt = load_options(opt)
+    net, net_opt = build_net_from_checkpoint(weights, opt, kwargs.get('param_key'), kwargs.get('strict', True))
+    cond = None
+    num_cond = int(getattr(net, 'num_cond', 0) or 0)
+    if num_cond > 0:
+        clip_opt = dict(opt.get('clip') or {})
+        clip_opt.update(kwargs.get('clip') or {})
+        cond_mode = kwargs.get('cond_mode') or _cond_setting(opt, 'cond_mode') or 'hard'
+        cond_extra = kwargs.get('cond_extra')
+        if cond_extra is None:
+            cond_extra = _cond_setting(opt, 'cond_extra') or []
+        cond = ConditionProvider(num_cond, getattr(net, 'cond_dim', 512), clip_opt, cond_mode, cond_extra,
+                                 kwargs.get('cond_fallback', 'error'), kwargs.get('feature_store'), device)
+    restorer = NetRestorer(net, cond, device, kwargs.get('tile'), kwargs.get('tile_overlap', 32), kwargs.get('amp'),
+                           name=net_opt.get('type'))
+    restorer.net_opt = net_opt
+    for note in restorer.notes:
+        warnings.warn(note, ConditioningFallbackWarning, stacklevel=2)
+    return restorer

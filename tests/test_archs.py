@@ -243,3 +243,22 @@ def test_tilted_mean_gradcheck_double():
     # and the float wrapper agrees with a softmax-weighted mean
     ref = (F.softmax(alpha[..., None] * t[:, None], -1) * t[:, None]).sum(-1)
     torch.testing.assert_close(tilted_mean(alpha, t, 10).double(), ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize('merge_branches', [False, True])
+def test_fuse_for_inference_keeps_outputs(merge_branches):
+    torch.manual_seed(4)
+    net = randomize_bn(MixCLDehazeNet(**TINY, data_range='unit')).eval()
+    x, t = torch.rand(2, 3, 45, 43), unit_text(2)
+    with torch.no_grad():
+        ref = net(x, t)
+        net.fuse_for_inference(merge_branches=merge_branches)
+        out = net(x, t)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and 'norm1' in n for n, m in net.named_modules())
+    assert (net.layer1.blocks[0].conv3_fused is not None) == merge_branches
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+
+
+def test_fuse_for_inference_refuses_train_mode():
+    with pytest.raises(RuntimeError, match='eval'):
+        MixDehazeNet(**TINY).fuse_for_inference()

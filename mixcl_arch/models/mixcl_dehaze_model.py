@@ -1,0 +1,367 @@
+"""``MixCLDehazeModel``: BasicSR's SRModel for (CLIP-conditioned) dehazing networks.
+
+Differences from :class:`basicsr.models.sr_model.SRModel`, and only those:
+
+- conditioning: the batch's ``cond`` (B, K, E) or ``text`` (B, E) is fed to ``net_g`` when ``net_g.num_cond > 0``;
+  a batch without it (user images, a dataset without feature store) gets it online from a frozen CLIP prior built
+  once from the YAML ``clip:`` section (a plain attribute: never in DDP, the optimizer or a checkpoint), or from
+  ``clip.cond_fallback`` when the CLIP weights are missing. Unconditioned nets (MixDehazeNet, AODNet) get ``net(lq)``;
+- losses: ``pixel_opt`` (L1) and ``perceptual_opt`` as SRModel, plus ``cr_opt`` (contrastive regularisation with the
+  hazy input as negative, key ``l_cr``);
+- ``train.amp: bf16 | fp16 | ~`` (fp16 uses ``torch.amp.GradScaler``, whose state is saved in the training state),
+  ``train.compile: false | true | <mode>`` (torch.compile of the training forward; on CPU only with
+  ``train.compile_on_cpu: true``), ``train.ema_decay`` (SRModel's EMA; here BatchNorm buffers follow too and
+  validation uses the EMA net), optimizers Adam / AdamW / any ``torch.optim`` class;
+- validation: metrics whose function has ``float_input = True`` (``calculate_psnr_dehaze``,
+  ``calculate_ssim_dehaze``) get the float [0, 1] tensors, BasicSR's metrics the uint8 images; datasets without GT
+  are handled (images only); images are written atomically;
+- checkpoints: ``pretrain_network_g`` loads BasicSR and official MixDehazeNet files
+  (:func:`mixcl_arch.utils.checkpoint.load_network_weights`), networks and training states are written atomically.
+"""
+import os
+import tempfile
+from collections import OrderedDict
+from os import path as osp
+
+import cv2
+import torch
+from basicsr.losses import build_loss
+from basicsr.metrics import calculate_metric
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, tensor2img
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
+from tqdm import tqdm
+
+from mixcl_arch.utils.checkpoint import atomic_torch_save, load_network_weights
+
+AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+COND_OPTION_KEYS = ('cond_fallback', 'feature_store', 'cond_mode', 'cond_extra')
+
+
+def atomic_imwrite(img, path):
+    """Write a uint8 / uint16 BGR image with OpenCV to a temp file in the same folder, then ``os.replace``."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    ok, buf = cv2.imencode(osp.splitext(path)[1] or '.png', img)
+    if not ok:
+        raise IOError(f'Could not encode image for {path}.')
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(buf.tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _metric_takes_float(metric_opt):
+    try:
+        return bool(getattr(METRIC_REGISTRY.get(metric_opt['type']), 'float_input', False))
+    except KeyError:
+        return False
+
+
+@MODEL_REGISTRY.register()
+class MixCLDehazeModel(SRModel):
+    """SRModel for MixCLDehazeNet / MixDehazeNet / other dehazing nets; see the module docstring.
+
+    Extra options (all optional):
+        train.amp (str | None): 'bf16', 'fp16' or None.
+        train.compile (bool | str): torch.compile the training forward (a mode string selects the mode).
+        train.compile_on_cpu (bool): Allow compiling on CPU (off: logged and skipped).
+        train.cr_opt (dict): Contrastive regularisation loss, e.g. ``{type: ContrastLossRes, loss_weight: 0.1}``.
+        train.optim_g.type: 'Adam', 'AdamW' or any ``torch.optim`` optimizer name.
+        clip (dict): CLIPPrior options for online conditioning, plus ``cond_mode`` ('hard' | 'soft'),
+            ``cond_extra`` (list), ``cond_fallback`` (None/'error' | 'none' | a domain name | ``{domain: name}``)
+            and ``feature_store`` (file with per-domain text features, for a domain fallback). ``cond_mode``,
+            ``cond_extra`` and ``feature_store`` default to the first dataset that sets them.
+    """
+
+    def __init__(self, opt):
+        self._cond_provider = None
+        self.cond = None
+        train_opt = opt.get('train') or {}
+        amp = train_opt.get('amp') if opt.get('is_train') else None
+        if amp not in (None, 'none', *AMP_DTYPES):
+            raise ValueError(f"train.amp must be one of bf16, fp16 or ~ (null), got {amp!r}.")
+        self.amp_dtype = AMP_DTYPES.get(amp)
+        super().__init__(opt)
+        self._check_cond_options()
+
+    # ----------------------------------------------------------------------------------------------------- setup
+    def _bare_net(self):
+        return self.get_bare_model(self.net_g)
+
+    @property
+    def num_cond(self):
+        """Number of conditioning vectors ``net_g`` takes (0: unconditioned)."""
+        return int(getattr(self._bare_net(), 'num_cond', 0) or 0)
+
+    def _cond_setting(self, key):
+        clip_opt = self.opt.get('clip') or {}
+        if clip_opt.get(key) is not None:
+            return clip_opt[key]
+        for ds in (self.opt.get('datasets') or {}).values():
+            if isinstance(ds, dict) and ds.get(key) is not None:
+                return ds[key]
+        return None
+
+    def _check_cond_options(self):
+        fallback = (self.opt.get('clip') or {}).get('cond_fallback')
+        if isinstance(fallback, dict):
+            if set(fallback) != {'domain'}:
+                raise ValueError(f'clip.cond_fallback: expected {{domain: <name>}}, none or a domain name, got '
+                                 f'{fallback}.')
+        mode = self._cond_setting('cond_mode')
+        if mode is not None and mode not in ('hard', 'soft'):
+            raise ValueError(f"clip.cond_mode must be 'hard' or 'soft', got {mode!r}.")
+
+    def init_training_settings(self):
+        """SRModel's settings (EMA, L1/perceptual, optimizer, scheduler) plus CR loss, AMP scaler and compile."""
+        train_opt = self.opt['train']
+        if train_opt.get('cr_opt') is not None and train_opt.get('pixel_opt') is None \
+                and train_opt.get('perceptual_opt') is None:
+            raise ValueError('train.cr_opt is a regulariser: also set train.pixel_opt (L1).')
+        super().init_training_settings()
+        logger = get_root_logger()
+        self.cri_cr = build_loss(train_opt['cr_opt']).to(self.device) if train_opt.get('cr_opt') else None
+        use_scaler = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler) if use_scaler else None
+        if self.amp_dtype is not None:
+            logger.info(f'Mixed precision: autocast {self.amp_dtype} on {self.device.type}'
+                        f'{" with GradScaler" if use_scaler else ""}.')
+        self._train_net = self.net_g
+        compile_opt = train_opt.get('compile', False)
+        if compile_opt:
+            if self.device.type != 'cuda' and not train_opt.get('compile_on_cpu', False):
+                logger.info('train.compile is set but CUDA is not available: skipping torch.compile on CPU '
+                            '(set train.compile_on_cpu: true to force it).')
+            else:
+                mode = compile_opt if isinstance(compile_opt, str) else None
+                self._train_net = torch.compile(self.net_g, mode=mode)
+                logger.info(f'torch.compile of net_g for training (mode={mode}).')
+
+    def get_optimizer(self, optim_type, params, lr, **kwargs):
+        """Adam, AdamW or any ``torch.optim`` optimizer by name."""
+        cls = getattr(torch.optim, optim_type, None)
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+            raise ValueError(f'train.optim_g.type: unknown optimizer {optim_type!r} (e.g. Adam, AdamW, SGD).')
+        return cls(params, lr, **kwargs)
+
+    def model_ema(self, decay=0.999):
+        """EMA of the parameters (as BasicSR) and a copy of the buffers (BatchNorm running statistics).
+
+        BasicSR averages parameters only, which leaves an EMA net with BatchNorm layers on its initial statistics.
+        """
+        super().model_ema(decay)
+        net_g = self._bare_net()
+        ema_buffers = dict(self.net_g_ema.named_buffers())
+        for name, buf in net_g.named_buffers():
+            ema_buffers[name].data.copy_(buf.data)
+
+    # ------------------------------------------------------------------------------------------------ conditioning
+    def _condition_provider(self):
+        """The online conditioning source, built once on first use."""
+        if self._cond_provider is None:
+            from mixcl_arch.restorers import ConditionProvider
+            clip_opt = dict(self.opt.get('clip') or {})
+            fallback = clip_opt.get('cond_fallback')
+            if isinstance(fallback, dict):
+                fallback = fallback['domain']
+            for key in COND_OPTION_KEYS:
+                clip_opt.pop(key, None)
+            try:
+                self._cond_provider = ConditionProvider(
+                    self.num_cond,
+                    getattr(self._bare_net(), 'cond_dim', 512),
+                    clip_opt,
+                    cond_mode=self._cond_setting('cond_mode') or 'hard',
+                    cond_extra=self._cond_setting('cond_extra') or [],
+                    fallback=None if fallback in (None, 'error') else str(fallback),
+                    feature_store=self._cond_setting('feature_store'),
+                    device=self.device)
+            except RuntimeError as err:
+                raise RuntimeError(f'{err}\nIn an options YAML: set clip.pretrained to the CLIP weights, or '
+                                   'clip.cond_fallback to a domain (with clip.feature_store) or to none.') from err
+            logger = get_root_logger()
+            for note in self._cond_provider.notes:
+                logger.warning(note)
+            logger.info(f'Online conditioning for batches without it: {self._cond_provider.source}.')
+        return self._cond_provider
+
+    def feed_data(self, data):
+        """Takes 'lq', optional 'gt', and the conditioning 'cond' (B, K, E) or 'text' (B, E) when the net needs it."""
+        self.lq = data['lq'].to(self.device)
+        if 'gt' in data:
+            self.gt = data['gt'].to(self.device)
+        elif hasattr(self, 'gt'):
+            del self.gt
+        self.cond = None
+        if self.num_cond == 0:
+            return
+        if data.get('cond') is not None:
+            cond = data['cond']
+        elif data.get('text') is not None:
+            cond = data['text'][:, None] if data['text'].dim() == 2 else data['text']
+        else:
+            cond = self._condition_provider()(self.lq)
+        if cond.dim() != 3 or cond.shape[0] != self.lq.shape[0] or cond.shape[1] != self.num_cond:
+            raise ValueError(f'Conditioning of shape {tuple(cond.shape)} does not fit the network, which takes '
+                             f'(B={self.lq.shape[0]}, K={self.num_cond}, E); check the dataset cond_extra / '
+                             'network_g.num_cond.')
+        self.cond = cond.to(self.device, torch.float32)
+
+    def _run(self, net, lq):
+        return net(lq) if self.num_cond == 0 else net(lq, self.cond)
+
+    # -------------------------------------------------------------------------------------------------- training
+    def optimize_parameters(self, current_iter):
+        self.optimizer_g.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            self.output = self._run(self._train_net, self.lq)
+            output = self.output.float()
+            l_total = 0
+            loss_dict = OrderedDict()
+            if self.cri_pix:
+                l_pix = self.cri_pix(output, self.gt)
+                l_total += l_pix
+                loss_dict['l_pix'] = l_pix
+            if self.cri_perceptual:
+                l_percep, l_style = self.cri_perceptual(output, self.gt)
+                if l_percep is not None:
+                    l_total += l_percep
+                    loss_dict['l_percep'] = l_percep
+                if l_style is not None:
+                    l_total += l_style
+                    loss_dict['l_style'] = l_style
+            if self.cri_cr:
+                l_cr = self.cri_cr(output, self.gt, self.lq).float()
+                l_total += l_cr
+                loss_dict['l_cr'] = l_cr
+        if self.scaler is not None:
+            self.scaler.scale(l_total).backward()
+            self.scaler.step(self.optimizer_g)
+            self.scaler.update()
+        else:
+            l_total.backward()
+            self.optimizer_g.step()
+
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    # ------------------------------------------------------------------------------------------------ inference
+    def test(self):
+        """Forward ``lq`` (and the conditioning) through net_g_ema when EMA is on, else the bare net_g (eval)."""
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self._bare_net()
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            self.output = self._run(net, self.lq)
+        if was_training:
+            net.train()
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        """SRModel's validation with float-input metrics, GT-less datasets and atomic image writes."""
+        dataset_name = dataloader.dataset.opt['name']
+        metrics_opt = self.opt['val'].get('metrics') or {}
+        use_pbar = self.opt['val'].get('pbar', False)
+        sums = {name: 0. for name in metrics_opt}
+        counted = 0
+        if metrics_opt:
+            self._initialize_best_metric_results(dataset_name)
+        pbar = tqdm(total=len(dataloader), unit='image') if use_pbar else None
+        logger = get_root_logger()
+        for val_data in dataloader:
+            img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
+            self.feed_data(val_data)
+            self.test()
+            output = self.output.detach().float().clamp(0, 1).cpu()
+            sr_img = tensor2img([output])
+            if hasattr(self, 'gt') and metrics_opt:
+                gt = self.gt.detach().float().clamp(0, 1).cpu()
+                gt_img = tensor2img([gt])
+                for name, opt_ in metrics_opt.items():
+                    data = dict(img=output, img2=gt) if _metric_takes_float(opt_) else dict(img=sr_img, img2=gt_img)
+                    sums[name] += calculate_metric(data, opt_)
+                counted += 1
+            if hasattr(self, 'gt'):
+                del self.gt
+            del self.lq
+            del self.output
+
+            if save_img:
+                if self.opt['is_train']:
+                    save_path = osp.join(self.opt['path']['visualization'], img_name, f'{img_name}_{current_iter}.png')
+                else:
+                    suffix = self.opt['val'].get('suffix') or self.opt['name']
+                    save_path = osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
+                atomic_imwrite(sr_img, save_path)
+            if pbar is not None:
+                pbar.update(1)
+                pbar.set_description(f'Test {img_name}')
+        if pbar is not None:
+            pbar.close()
+
+        if metrics_opt and counted == 0:
+            logger.warning(f'Validation {dataset_name}: no ground truth in the dataset, metrics skipped.')
+        elif metrics_opt:
+            self.metric_results = {name: total / counted for name, total in sums.items()}
+            for name, value in self.metric_results.items():
+                self._update_best_metric_result(dataset_name, name, value, current_iter)
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+
+    # ---------------------------------------------------------------------------------------------- checkpoints
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        """Load BasicSR (``params`` / ``params_ema``) or official (``state_dict`` with ``module.``) weights.
+
+        ``param_key`` is the preferred key; the other known keys are tried when it is absent.
+
+        Raises:
+            FileNotFoundError: Missing file. ValueError: Missing / unexpected keys or shape mismatches.
+        """
+        net = self.get_bare_model(net)
+        load_network_weights(net, load_path, param_key=param_key, strict=strict)
+        get_root_logger().info(f'Loaded {type(net).__name__} from {load_path} (preferred key: {param_key}).')
+
+    @master_only
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        """BasicSR's ``net_{label}_{iter}.pth`` (``latest`` for -1), written atomically."""
+        if current_iter == -1:
+            current_iter = 'latest'
+        save_path = osp.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth')
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        if len(nets) != len(keys):
+            raise ValueError(f'save_network: {len(nets)} networks but {len(keys)} param keys.')
+        save_dict = {}
+        for net_, key in zip(nets, keys):
+            state = self.get_bare_model(net_).state_dict()
+            save_dict[key] = OrderedDict(
+                (k[len('module.'):] if k.startswith('module.') else k, v.detach().cpu()) for k, v in state.items())
+        atomic_torch_save(save_dict, save_path)
+
+    @master_only
+    def save_training_state(self, epoch, current_iter):
+        """``{iter}.state`` with optimizers, schedulers and the fp16 GradScaler, written atomically."""
+        if current_iter == -1:
+            return
+        state = {
+            'epoch': epoch,
+            'iter': current_iter,
+            'optimizers': [o.state_dict() for o in self.optimizers],
+            'schedulers': [s.state_dict() for s in self.schedulers],
+        }
+        if getattr(self, 'scaler', None) is not None:
+            state['scaler'] = self.scaler.state_dict()
+        atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def resume_training(self, resume_state):
+        """Restore optimizers, schedulers and (fp16) the GradScaler."""
+        super().resume_training(resume_state)
+        if getattr(self, 'scaler', None) is not None and resume_state.get('scaler'):
+            self.scaler.load_state_dict(resume_state['scaler'])

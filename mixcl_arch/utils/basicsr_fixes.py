@@ -1,0 +1,128 @@
+"""Run-time fixes for BasicSR 1.4.2's train / test pipelines on current torch, applied by the entry points.
+
+``mixcl_arch/compat.py`` handles the import-time break (torchvision); everything here patches BasicSR *functions*
+that ``mixcl_arch/train.py`` and ``mixcl_arch/test.py`` go through. Each fix says why it is needed:
+
+1. ``load_resume_state`` (basicsr.train): 1.4.2 calls ``torch.cuda.current_device()`` (fails without CUDA), loads
+   ``.state`` files with ``torch.load``'s default, which on torch >= 2.6 is ``weights_only=True`` and rejects the
+   ``collections.Counter`` that MultiStepRestartLR keeps, and looks for ``--auto_resume`` states under the *process*
+   cwd instead of the experiments root. The fix loads on CPU (optimizers move their state to the parameters' device)
+   with Counter allow-listed, and searches ``<root_path>/experiments/<name>/training_states``.
+2. ``init_dist`` (basicsr.utils.options): 1.4.2 hard-codes the NCCL backend and ``torch.cuda.set_device``; without
+   CUDA that cannot work. The fix uses NCCL on CUDA (device = LOCAL_RANK) and gloo on CPU (or ``MIXCL_DIST_BACKEND``).
+3. ``BaseModel.model_to_device``: 1.4.2 wraps DDP with ``device_ids=[torch.cuda.current_device()]``; on CPU
+   ``device_ids`` must be None.
+4. ``--local-rank``: ``torch.distributed.launch`` on current torch passes ``--local-rank=N`` while BasicSR's argparse
+   only knows ``--local_rank``; :func:`normalize_argv` rewrites it (torchrun passes LOCAL_RANK in the environment).
+"""
+import collections
+import os
+import sys
+from os import path as osp
+
+import torch
+
+_APPLIED = False
+
+
+def normalize_argv(argv=None):
+    """Rewrite ``--local-rank`` (current torch.distributed.launch) to BasicSR's ``--local_rank``, in place.
+
+    Args:
+        argv (list[str] | None): Defaults to ``sys.argv``.
+
+    Returns:
+        list[str]: The same list.
+    """
+    argv = sys.argv if argv is None else argv
+    for i, arg in enumerate(argv):
+        if arg == '--local-rank' or arg.startswith('--local-rank='):
+            argv[i] = '--local_rank' + arg[len('--local-rank'):]
+    return argv
+
+
+def load_training_state(path):
+    """Load a BasicSR ``.state`` file on CPU, safely (``weights_only``) with ``collections.Counter`` allowed.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'Resume state file not found: {path} (path.resume_state / --auto_resume).')
+    with torch.serialization.safe_globals([collections.Counter]):
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def find_latest_state(root_path, name):
+    """Return the newest ``<root_path>/experiments/<name>/training_states/<iter>.state``, or None."""
+    state_dir = osp.join(root_path, 'experiments', name, 'training_states')
+    if not osp.isdir(state_dir):
+        return None
+    iters = []
+    for fname in os.listdir(state_dir):
+        stem, ext = osp.splitext(fname)
+        if ext == '.state' and stem.isdigit():
+            iters.append(int(stem))
+    return osp.join(state_dir, f'{max(iters)}.state') if iters else None
+
+
+def load_resume_state(opt):
+    """Drop-in replacement of ``basicsr.train.load_resume_state`` (see fix 1 in the module docstring)."""
+    from basicsr.utils import check_resume
+    if opt['auto_resume']:
+        found = find_latest_state(opt.get('root_path', os.getcwd()), opt['name'])
+        if found is not None:
+            opt['path']['resume_state'] = found
+    path = opt['path'].get('resume_state')
+    if not path:
+        return None
+    state = load_training_state(path)
+    check_resume(opt, state['iter'])
+    return state
+
+
+def init_dist(launcher, backend=None, **kwargs):
+    """Drop-in replacement of BasicSR's ``init_dist`` working with and without CUDA (fix 2)."""
+    import torch.distributed as dist
+    if dist.is_initialized():
+        return
+    if backend is None:
+        backend = os.environ.get('MIXCL_DIST_BACKEND') or ('nccl' if torch.cuda.is_available() else 'gloo')
+    if launcher == 'pytorch':
+        if torch.cuda.is_available() and backend == 'nccl':
+            local_rank = int(os.environ.get('LOCAL_RANK', os.environ.get('RANK', 0)))
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        dist.init_process_group(backend=backend, **kwargs)
+    elif launcher == 'slurm':
+        from basicsr.utils import dist_util
+        dist_util._init_dist_slurm(backend, **kwargs)
+    else:
+        raise ValueError(f'Invalid launcher type: {launcher!r} (expected none, pytorch or slurm).')
+
+
+def model_to_device(self, net):
+    """Drop-in replacement of ``BaseModel.model_to_device``: DDP ``device_ids`` only on CUDA (fix 3)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+    net = net.to(self.device)
+    if self.opt['dist']:
+        find_unused = self.opt.get('find_unused_parameters', False)
+        device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+        net = DistributedDataParallel(net, device_ids=device_ids, find_unused_parameters=find_unused)
+    elif self.opt['num_gpu'] > 1:
+        net = DataParallel(net)
+    return net
+
+
+def apply_basicsr_fixes():
+    """Install fixes 1-3 (idempotent). Call before ``train_pipeline`` / ``test_pipeline``."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    import mixcl_arch  # noqa: F401  (torchvision alias before basicsr)
+    import basicsr.train
+    import basicsr.utils.options
+    from basicsr.models.base_model import BaseModel
+    basicsr.train.load_resume_state = load_resume_state
+    basicsr.utils.options.init_dist = init_dist
+    BaseModel.model_to_device = model_to_device
+    _APPLIED = True

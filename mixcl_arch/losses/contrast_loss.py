@@ -44,6 +44,8 @@ def find_resnet_weights(depth=152, resnet_path=None):
     Raises:
         FileNotFoundError: Naming the torchvision file to download and the option to set.
     """
+    if depth not in RESNET_DEPTHS:
+        raise ValueError(f'ContrastLossRes: depth must be one of {RESNET_DEPTHS}, got {depth}.')
     names = torchvision_resnet_filenames(depth)
     if resnet_path is not None:
         resnet_path = os.path.expanduser(str(resnet_path))

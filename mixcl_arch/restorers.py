@@ -13,6 +13,7 @@ A restorer maps a (B, 3, H, W) float tensor in [0, 1] to a tensor of the same sh
 
 The two baselines are imported only when requested.
 """
+import contextlib
 import copy
 import importlib
 import os
@@ -257,7 +258,8 @@ class ConditionProvider:
                                  '--cond-fallback none.')
             feats = load_domain_text_features(feature_store)
             if fallback not in feats:
-                raise ValueError(f'--cond-fallback {fallback}: domain not in {feature_store} (domains: {sorted(feats)}).')
+                raise ValueError(f'--cond-fallback {fallback}: domain not in {feature_store} '
+                                 f'(domains: {sorted(feats)}).')
             vec = feats[fallback]
             if vec.numel() != self.cond_dim:
                 raise ValueError(f'{feature_store}: text feature of {fallback!r} has {vec.numel()} values, the network '
@@ -304,7 +306,7 @@ class NetRestorer:
         notes (list[str]): Messages for the user (fallbacks in use).
     """
 
-    def __init__(self, net, cond=None, device='cpu', tile=None, tile_overlap=32, amp=None, name=None):
+    def __init__(self, net, cond=None, device='cpu', tile=None, tile_overlap=32, amp=None, name=None, tile_align=None):
         if amp not in AMP_DTYPES:
             raise ValueError(f'amp must be one of {[k for k in AMP_DTYPES if k]} or None, got {amp!r}.')
         if tile is not None and tile and (int(tile) <= int(tile_overlap) or int(tile_overlap) < 0):
@@ -314,6 +316,8 @@ class NetRestorer:
         self.cond = cond
         self.tile = int(tile) if tile else None
         self.tile_overlap = int(tile_overlap)
+        # tiles stay on the net's down-sampling grid (MixDehazeNet: patch_size 4), see tiled_forward
+        self.tile_align = int(tile_align or getattr(net, 'tile_align', None) or getattr(net, 'patch_size', 1) or 1)
         self.amp_dtype = AMP_DTYPES[amp]
         self.name = name or type(net).__name__
         self.num_params = count_params(net)
@@ -326,7 +330,8 @@ class NetRestorer:
     def _forward(self, x, cond):
         if self.data_range == 'signed':
             x = x * 2 - 1
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        with amp:
             y = self.net(x) if self.num_cond == 0 else self.net(x, cond)
         y = y.float()
         return (y + 1) * 0.5 if self.data_range == 'signed' else y
@@ -347,7 +352,7 @@ class NetRestorer:
         x = x.to(self.device, torch.float32)
         # conditioning comes from the whole image once, so every tile shares it
         cond = self.cond(x) if self.num_cond > 0 else None
-        out = tiled_forward(lambda t: self._forward(t, cond), x, self.tile, self.tile_overlap)
+        out = tiled_forward(lambda t: self._forward(t, cond), x, self.tile, self.tile_overlap, align=self.tile_align)
         return out.clamp_(0, 1).to(src_device)
 
 
@@ -380,7 +385,8 @@ def build_restorer(method, weights=None, opt=None, device='cpu', **kwargs):
             - ``cond_fallback`` (str): 'error' (default), 'none' or a domain name; used only when the CLIP
               weights are missing.
             - ``feature_store`` (str): file with per-domain text features for a domain fallback.
-            - ``tile`` (int | None), ``tile_overlap`` (int, default 32): tiled inference.
+            - ``tile`` (int | None), ``tile_overlap`` (int, default 32): tiled inference; ``tile_align`` (int):
+              tile grid, default the net's ``tile_align`` or ``patch_size`` attribute (4 for MixDehazeNet), else 1.
             - ``amp`` (None | 'fp16' | 'bf16'): autocast dtype.
             - ``strict`` (bool, default True): exact checkpoint key match.
 
@@ -405,7 +411,7 @@ def build_restorer(method, weights=None, opt=None, device='cpu', **kwargs):
         return _lazy_baseline('dehazenet')(weights, device=str(device), **kwargs)
 
     allowed = {'param_key', 'clip', 'cond_mode', 'cond_extra', 'cond_fallback', 'feature_store', 'tile', 'tile_overlap',
-               'amp', 'strict'}
+               'tile_align', 'amp', 'strict'}
     unknown = set(kwargs) - allowed
     if unknown:
         raise ValueError(f"Unknown options for method 'net': {sorted(unknown)}; allowed: {sorted(allowed)}.")
@@ -423,7 +429,7 @@ def build_restorer(method, weights=None, opt=None, device='cpu', **kwargs):
         cond = ConditionProvider(num_cond, getattr(net, 'cond_dim', 512), clip_opt, cond_mode, cond_extra,
                                  kwargs.get('cond_fallback', 'error'), kwargs.get('feature_store'), device)
     restorer = NetRestorer(net, cond, device, kwargs.get('tile'), kwargs.get('tile_overlap', 32), kwargs.get('amp'),
-                           name=net_opt.get('type'))
+                           name=net_opt.get('type'), tile_align=kwargs.get('tile_align'))
     restorer.net_opt = net_opt
     for note in restorer.notes:
         warnings.warn(note, ConditioningFallbackWarning, stacklevel=2)

@@ -11,24 +11,25 @@ output, and networks with global operations (pooling, attention) blend smoothly 
 import math
 
 import torch
+from torch.nn import functional as F
 
 
-def tile_starts(size, tile, overlap):
+def tile_starts(size, tile, overlap, align=1):
     """Evenly spaced tile origins along one axis.
 
     Args:
         size (int): Image length along the axis.
         tile (int): Tile length.
-        overlap (int): Minimum overlap between neighbouring tiles.
+        overlap (int): Overlap wanted between neighbouring tiles (it can come out up to ``align - 1`` smaller).
+        align (int): Origins are multiples of ``align`` (``size - tile`` must be one too).
 
     Returns:
         list[int]: Origins; the first is 0 and the last is ``size - tile`` (a single 0 when ``size <= tile``).
     """
     if size <= tile:
         return [0]
-    n = math.ceil((size - overlap) / (tile - overlap))
-    n = max(n, 2)
-    return [round(i * (size - tile) / (n - 1)) for i in range(n)]
+    n = max(math.ceil((size - overlap) / (tile - overlap)), 2)
+    return [round(i * (size - tile) / (n - 1) / align) * align for i in range(n)]
 
 
 def _ramp(length, overlap, device):
@@ -65,7 +66,17 @@ def axis_weights(starts, tile, size, device='cpu'):
     return out
 
 
-def tiled_forward(fn, x, tile=512, overlap=32, out_channels=None):
+def _pad_to_multiple(x, align):
+    """Bottom/right padding to multiples of ``align``: reflect where possible, else replicate."""
+    h, w = x.shape[2:]
+    ph, pw = (-h) % align, (-w) % align
+    if not (ph or pw):
+        return x
+    mode = 'reflect' if ph < h and pw < w else 'replicate'
+    return F.pad(x, (0, pw, 0, ph), mode)
+
+
+def tiled_forward(fn, x, tile=512, overlap=32, out_channels=None, align=1):
     """Apply ``fn`` to overlapping tiles of ``x`` and blend the results without seams.
 
     Args:
@@ -75,6 +86,10 @@ def tiled_forward(fn, x, tile=512, overlap=32, out_channels=None):
             runs ``fn`` on the whole image.
         overlap (int): Overlap between neighbouring tiles in pixels, ``0 <= overlap < tile``.
         out_channels (int | None): C_out when known; otherwise taken from the first tile.
+        align (int): Keep every tile on this pixel grid (a network that down-samples by 4, like MixDehazeNet,
+            is only shift-equivariant by multiples of 4; other offsets change its output). The image is first
+            padded at the bottom/right to a multiple of ``align`` (reflect, as MixDehazeNet pads) and the tile
+            size is rounded down to one.
 
     Returns:
         Tensor: (B, C_out, H, W) in the dtype ``fn`` returns.
@@ -87,10 +102,18 @@ def tiled_forward(fn, x, tile=512, overlap=32, out_channels=None):
     h, w = x.shape[2:]
     if not tile or (h <= tile and w <= tile):
         return fn(x)
-    tile, overlap = int(tile), int(overlap)
+    tile, overlap, align = int(tile), int(overlap), max(int(align), 1)
     if tile < 1 or overlap < 0 or overlap >= tile:
         raise ValueError(f'Need tile >= 1 and 0 <= tile_overlap < tile, got tile={tile}, overlap={overlap}.')
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    if align > 1:
+        tile = tile // align * align
+        if tile <= overlap:
+            raise ValueError(f'tile_overlap {overlap} must be smaller than the tile size rounded down to a multiple '
+                             f'of {align} ({tile}).')
+        full_h, full_w = h, w
+        x = _pad_to_multiple(x, align)
+        h, w = x.shape[2:]
+    ys, xs = tile_starts(h, tile, overlap, align), tile_starts(w, tile, overlap, align)
     th, tw = min(tile, h), min(tile, w)
     wy, wx = axis_weights(ys, tile, h, x.device), axis_weights(xs, tile, w, x.device)
     acc = weight = None
@@ -108,4 +131,5 @@ def tiled_forward(fn, x, tile=512, overlap=32, out_channels=None):
             acc[:, :, y0:y0 + th, x0:x0 + tw] += out.float() * win
             weight[:, :, y0:y0 + th, x0:x0 + tw] += win
     # every pixel is covered with positive total weight by construction; the floor only guards against rounding
-    return (acc / weight.clamp_min(1e-12)).to(out.dtype)
+    out = (acc / weight.clamp_min(1e-12)).to(out.dtype)
+    return out[:, :, :full_h, :full_w] if align > 1 else out

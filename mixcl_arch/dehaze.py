@@ -31,6 +31,8 @@ def parse_args(argv=None):
     p.add_argument('--weights', help='network checkpoint (BasicSR params/params_ema or official state_dict file)')
     p.add_argument('--opt', help='train/test options YAML: network_g builds the net, clip: configures CLIP')
     p.add_argument('--method', default='net', choices=METHODS, help='net = trained network; others are baselines')
+    p.add_argument('--param', action='append', default=[], metavar='KEY=VALUE',
+                   help='option of a baseline method (repeatable), e.g. --method dcp --param omega=0.9')
     p.add_argument('--param-key', default=None, help='weights key (default: params_ema, then params, then state_dict)')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     amp = p.add_mutually_exclusive_group()
@@ -63,6 +65,11 @@ def parse_args(argv=None):
         p.error(f'--ext {args.ext}: use auto or one of {", ".join(e[1:] for e in IMG_EXTENSIONS)}')
     if args.method == 'net' and not args.weights and not args.opt:
         p.error('--method net needs --weights (or --opt with path.pretrain_network_g)')
+    if args.param and args.method in ('net', 'hazy'):
+        p.error(f'--param sets baseline options (dcp, dehazenet); --method {args.method} takes none')
+    bad = [kv for kv in args.param if '=' not in kv or not kv.split('=', 1)[0]]
+    if bad:
+        p.error(f'--param needs KEY=VALUE, got {bad}')
     return args
 
 
@@ -121,8 +128,10 @@ def _build(args):
             clip['pretrained'] = args.clip_pretrained
         kwargs = dict(param_key=args.param_key, clip=clip, cond_mode=args.cond_mode, cond_fallback=args.cond_fallback,
                       feature_store=args.feature_store, tile=args.tile or None, tile_overlap=args.tile_overlap, amp=amp)
-    elif amp:
-        print(f'note: --fp16/--bf16 only apply to --method net; ignored for {args.method}.', file=sys.stderr)
+    else:
+        kwargs = dict(kv.split('=', 1) for kv in args.param)
+        if amp:
+            print(f'note: --fp16/--bf16 only apply to --method net; ignored for {args.method}.', file=sys.stderr)
     with warnings.catch_warnings():  # main() prints the restorer's notes itself
         warnings.simplefilter('ignore', ConditioningFallbackWarning)
         return build_restorer(args.method, weights=args.weights, opt=args.opt, device=args.device, **kwargs)

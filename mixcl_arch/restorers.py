@@ -16,6 +16,7 @@ The two baselines are imported only when requested.
 import contextlib
 import copy
 import importlib
+import inspect
 import os
 import warnings
 
@@ -406,7 +407,10 @@ def build_restorer(method, weights=None, opt=None, device='cpu', **kwargs):
             raise ValueError(f"Method 'hazy' takes no options, got {sorted(kwargs)}.")
         return HazyRestorer()
     if method == 'dcp':
-        return _lazy_baseline('dcp')(**kwargs)
+        cls = _lazy_baseline('dcp')
+        if 'device' in inspect.signature(cls).parameters and 'device' not in kwargs:
+            kwargs['device'] = str(device)
+        return cls(**kwargs)
     if method == 'dehazenet':
         return _lazy_baseline('dehazenet')(weights, device=str(device), **kwargs)
 

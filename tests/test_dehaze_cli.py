@@ -352,3 +352,23 @@ def test_module_entry_point(ckpts, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert _summary(proc.stdout)['processed'] == 1
     assert (tmp_path / 'o' / 'a.png').is_file()
+
+
+def test_dcp_baseline_through_the_cli(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    clean = rng.uniform(0.05, 0.9, (48, 64, 3))
+    t = np.linspace(0.3, 0.9, 64)[None, :, None]
+    hazy = clean * t + 0.85 * (1 - t)
+    d = tmp_path / 'in'
+    d.mkdir()
+    _write(d / 'h.png', (hazy[:, :, ::-1] * 255).round().astype(np.uint8))
+    assert main(['-i', str(d), '-o', str(tmp_path / 'a'), '--method', 'dcp']) == 0
+    assert main(['-i', str(d), '-o', str(tmp_path / 'b'), '--method', 'dcp', '--param', 'omega=0.5']) == 0
+    a = cv2.imread(str(tmp_path / 'a' / 'h.png')).astype(float)
+    b = cv2.imread(str(tmp_path / 'b' / 'h.png')).astype(float)
+    h = cv2.imread(str(d / 'h.png')).astype(float)
+    assert a.shape == h.shape and np.abs(a - h).mean() > 5  # DCP removed haze
+    assert np.abs(a - b).mean() > 1  # the option reached the baseline
+    assert _summary(capsys.readouterr().out)['method'] == 'dcp'
+    assert main(['-i', str(d), '-o', str(tmp_path / 'c'), '--method', 'dcp', '--param', 'nonsense=1']) == 1
+    assert 'nonsense' in capsys.readouterr().err

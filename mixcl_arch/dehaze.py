@@ -45,10 +45,11 @@ def parse_args(argv=None):
                    help='CLIP weights: open_clip tag or local file (overrides clip.pretrained)')
     p.add_argument('--cond-mode', default=None, choices=('hard', 'soft'),
                    help='CLIP conditioning mode (default: from the YAML, else hard)')
-    p.add_argument('--cond-fallback', default='error',
+    p.add_argument('--cond-fallback', default=None,
                    help='when CLIP weights are missing: error, none (zero conditioning) or a domain name such as '
-                   'outdoor/indoor (needs --feature-store)')
-    p.add_argument('--feature-store', default=None, help='feature store file with per-domain text features')
+                   'outdoor/indoor (needs --feature-store). Default: clip.cond_fallback of the YAML, else error')
+    p.add_argument('--feature-store', default=None,
+                   help='feature store file with per-domain text features (default: clip.feature_store of the YAML)')
     p.add_argument('--compare', action='store_true', help='also save input | output side by side under OUT/compare')
     p.add_argument('--overwrite', action='store_true', help='replace existing outputs (default: skip them)')
     p.add_argument('--suffix', default='', help='appended to output file stems, e.g. _dehazed')

@@ -29,6 +29,8 @@ from mixcl_arch.utils.tiling import tiled_forward
 
 METHODS = ('net', 'hazy', 'dcp', 'dehazenet')
 COND_MODES = ('hard', 'soft')
+# conditioning settings that may sit in the YAML ``clip:`` section but are not CLIPPrior options
+COND_OPTION_KEYS = ('cond_fallback', 'feature_store', 'cond_mode', 'cond_extra')
 AMP_DTYPES = {None: None, 'none': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 LAZY_BASELINES = {
     'dcp': ('mixcl_arch.baselines.dcp', 'DCPRestorer'),
@@ -233,7 +235,8 @@ class ConditionProvider:
             clip_error = f'the CLIP prior (mixcl_arch.clip) cannot be imported: {err}'
         if CLIPPrior is not None:
             try:
-                self.prior = CLIPPrior.from_opt(dict(clip_opt or {}, device=str(self.device)))
+                prior_opt = {k: v for k, v in (clip_opt or {}).items() if k not in COND_OPTION_KEYS}
+                self.prior = CLIPPrior.from_opt(dict(prior_opt, device=str(self.device)))
                 self.source = 'clip'
                 self.domains = list(getattr(self.prior, 'domains', []) or [])
                 self._check_k()
@@ -383,9 +386,10 @@ def build_restorer(method, weights=None, opt=None, device='cpu', **kwargs):
             - ``param_key`` (str): weights key, default ``path.param_key_g`` or 'params_ema' (then 'params').
             - ``clip`` (dict): overrides of the ``clip:`` options, e.g. ``{'pretrained': '/path/clip.pt'}``.
             - ``cond_mode`` ('hard' | 'soft') and ``cond_extra`` (list): default from the YAML, else 'hard', [].
-            - ``cond_fallback`` (str): 'error' (default), 'none' or a domain name; used only when the CLIP
-              weights are missing.
-            - ``feature_store`` (str): file with per-domain text features for a domain fallback.
+            - ``cond_fallback`` (str): 'error', 'none' or a domain name; used only when the CLIP weights are
+              missing. Default: the YAML's ``clip.cond_fallback``, else 'error'.
+            - ``feature_store`` (str): file with per-domain text features for a domain fallback (default: the
+              YAML's ``clip.feature_store`` or the first dataset's ``feature_store``).
             - ``tile`` (int | None), ``tile_overlap`` (int, default 32): tiled inference; ``tile_align`` (int):
               tile grid, default the net's ``tile_align`` or ``patch_size`` attribute (4 for MixDehazeNet), else 1.
             - ``amp`` (None | 'fp16' | 'bf16'): autocast dtype.
@@ -430,8 +434,12 @@ def build_restorer(method, weights=None, opt=None, device='cpu', **kwargs):
         cond_extra = kwargs.get('cond_extra')
         if cond_extra is None:
             cond_extra = _cond_setting(opt, 'cond_extra') or []
-        cond = ConditionProvider(num_cond, getattr(net, 'cond_dim', 512), clip_opt, cond_mode, cond_extra,
-                                 kwargs.get('cond_fallback', 'error'), kwargs.get('feature_store'), device)
+        fallback = kwargs.get('cond_fallback') or clip_opt.get('cond_fallback') or 'error'
+        if isinstance(fallback, dict):  # the model's YAML form {domain: outdoor}
+            fallback = fallback.get('domain', 'error')
+        feature_store = kwargs.get('feature_store') or _cond_setting(opt, 'feature_store')
+        cond = ConditionProvider(num_cond, getattr(net, 'cond_dim', 512), clip_opt, cond_mode, cond_extra, fallback,
+                                 feature_store, device)
     restorer = NetRestorer(net, cond, device, kwargs.get('tile'), kwargs.get('tile_overlap', 32), kwargs.get('amp'),
                            name=net_opt.get('type'), tile_align=kwargs.get('tile_align'))
     restorer.net_opt = net_opt

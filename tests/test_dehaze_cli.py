@@ -372,3 +372,22 @@ def test_dcp_baseline_through_the_cli(tmp_path, capsys):
     assert _summary(capsys.readouterr().out)['method'] == 'dcp'
     assert main(['-i', str(d), '-o', str(tmp_path / 'c'), '--method', 'dcp', '--param', 'nonsense=1']) == 1
     assert 'nonsense' in capsys.readouterr().err
+
+
+def test_fallback_and_store_can_come_from_the_yaml(ckpts, tmp_path):
+    paths, net, _ = ckpts
+    store = str(tmp_path / 'store.pt')
+    vec = torch.randn(512) * 3
+    torch.save({'domain_text': {'indoor': vec, 'outdoor': -vec}, 'domains': ['indoor', 'outdoor']}, store)
+    opt = {'network_g': dict(type='MixCLDehazeNet', data_range='unit', **TINY),
+           'clip': {'model': 'ViT-B-32', 'pretrained': str(tmp_path / 'absent.pt'),
+                    'cond_fallback': {'domain': 'indoor'}, 'feature_store': store}}
+    with pytest.warns(ConditioningFallbackWarning):
+        r = build_restorer('net', paths['basicsr'], opt=opt)
+    assert r.cond.source == 'domain:indoor'
+    x = torch.rand(1, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.allclose(r(x), net(x, vec[None]).clamp(0, 1), atol=1e-6)
+    opt['clip']['cond_fallback'] = 'none'
+    with pytest.warns(ConditioningFallbackWarning):
+        assert build_restorer('net', paths['basicsr'], opt=opt).cond.source == 'none'

@@ -25,6 +25,15 @@ Writes (default ``demo_output/data``)::
 
 ``OUT`` is wiped and rebuilt on each run only if it was made by this script (marker file); otherwise a non-empty
 ``OUT`` is an error. Prints make_haze_pairs' JSON summary.
+
+Report mode (used by scripts/demo.sh after inference)::
+
+    python scripts/make_demo_data.py --out OUT --report DEHAZED_DIR --report-out REPORT_DIR
+
+compares OUT/test/hazy/* and DEHAZED_DIR/* (same relative names, any image extension) with their GT from
+OUT/test/meta.csv, prints a JSON with per-image and mean PSNR/SSIM (BasicSR's calculate_psnr/ssim on RGB uint8,
+no border crop) of the hazy input and of the dehazed output, and writes REPORT_DIR/comparison.png (rows of
+hazy | dehazed | GT, labelled) and REPORT_DIR/metrics.json.
 """
 import argparse
 import importlib.util
@@ -53,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument('--test-versions', type=int, default=3, help='hazy versions per held-out image')
     p.add_argument('--holdout', default='chelsea', help='comma-separated names held out for validation')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--report', metavar='DEHAZED_DIR', default=None, help='report mode: folder of dehazed test images')
+    p.add_argument('--report-out', default=None, help='report mode: where comparison.png and metrics.json go')
     return p.parse_args(argv)
 
 
@@ -76,8 +87,72 @@ def prepare_out(out):
     atomic_write_text('made by scripts/make_demo_data.py; safe to delete\n', osp.join(out, MARKER))
 
 
+def _find_output(folder, hazy_rel):
+    stem = osp.splitext(hazy_rel)[0]
+    for ext in ('.png', '.jpg', '.jpeg', '.webp', '.tif', '.tiff', '.bmp'):
+        if osp.isfile(osp.join(folder, stem + ext)):
+            return osp.join(folder, stem + ext)
+    raise FileNotFoundError(f'No dehazed output for {hazy_rel} in {folder} (expected {stem}.png or similar)')
+
+
+def _label(img, text):
+    out = img.copy()
+    cv2.rectangle(out, (0, 0), (out.shape[1], 18), (0, 0, 0), -1)
+    cv2.putText(out, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def report(data_root, dehazed_dir, out_dir):
+    """PSNR/SSIM of hazy and dehazed test images vs GT, and a labelled comparison image; returns the dict."""
+    import csv
+    import json
+
+    from basicsr.metrics import calculate_psnr, calculate_ssim
+
+    meta = osp.join(data_root, 'test', 'meta.csv')
+    if not osp.isfile(meta):
+        raise FileNotFoundError(f'{meta} not found: build the demo data first')
+    with open(meta, newline='', encoding='utf-8') as f:
+        rows = list(csv.DictReader(f))
+    per_image, panels = [], []
+    for row in rows:
+        paths = {
+            'hazy': osp.join(data_root, 'test', 'hazy', row['hazy']),
+            'dehazed': _find_output(dehazed_dir, row['hazy']),
+            'gt': osp.join(data_root, 'test', 'GT', row['gt'])
+        }
+        imgs = {k: cv2.imread(v, cv2.IMREAD_COLOR) for k, v in paths.items()}
+        for k, v in imgs.items():
+            if v is None:
+                raise ValueError(f'Unreadable image {paths[k]}')
+        if imgs['dehazed'].shape != imgs['gt'].shape:
+            raise ValueError(f'{paths["dehazed"]} is {imgs["dehazed"].shape}, GT {paths["gt"]} is {imgs["gt"].shape}')
+        rec = {'hazy': row['hazy'], 'beta': float(row['beta']), 'A': float(row['A'])}
+        for k in ('hazy', 'dehazed'):
+            rec[f'psnr_{k}'] = round(float(calculate_psnr(imgs[k], imgs['gt'], crop_border=0)), 3)
+            rec[f'ssim_{k}'] = round(float(calculate_ssim(imgs[k], imgs['gt'], crop_border=0)), 4)
+        per_image.append(rec)
+        panels.append(np.hstack([
+            _label(imgs['hazy'], f'hazy  {rec["psnr_hazy"]:.2f} dB  (beta {rec["beta"]:.2f}, A {rec["A"]:.2f})'),
+            _label(imgs['dehazed'], f'dehazed  {rec["psnr_dehazed"]:.2f} dB'),
+            _label(imgs['gt'], 'ground truth')
+        ]))
+    width = max(p.shape[1] for p in panels)
+    grid = np.vstack([np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels])
+    mean = {k: round(float(np.mean([r[k] for r in per_image])), 4)
+            for k in ('psnr_hazy', 'ssim_hazy', 'psnr_dehazed', 'ssim_dehazed')}
+    result = {'images': len(per_image), 'mean': mean, 'per_image': per_image,
+              'comparison': osp.abspath(osp.join(out_dir, 'comparison.png'))}
+    atomic_imwrite(grid, osp.join(out_dir, 'comparison.png'))
+    atomic_write_text(json.dumps(result, indent=2) + '\n', osp.join(out_dir, 'metrics.json'))
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.report:
+        return report(args.out, args.report, args.report_out or osp.dirname(osp.abspath(args.report)))
     holdout = [h.strip() for h in args.holdout.split(',') if h.strip()]
     unknown = [h for h in holdout if h not in DOMAINS]
     if unknown:

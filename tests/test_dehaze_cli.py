@@ -391,3 +391,50 @@ def test_fallback_and_store_can_come_from_the_yaml(ckpts, tmp_path):
     opt['clip']['cond_fallback'] = 'none'
     with pytest.warns(ConditioningFallbackWarning):
         assert build_restorer('net', paths['basicsr'], opt=opt).cond.source == 'none'
+
+
+def test_image_io_modes_round_trip(tmp_path):
+    from mixcl_arch.utils.image_io import output_extension, write_image
+    rng = np.random.default_rng(7)
+    # gray + alpha PNG (colour type 4; OpenCV decodes it as BGRA)
+    from PIL import Image
+    ga = rng.integers(0, 255, (6, 7, 2), dtype=np.uint8)
+    Image.fromarray(ga, 'LA').save(tmp_path / 'ga.png')
+    rgb, info = read_image(tmp_path / 'ga.png')
+    assert info.gray and info.alpha is not None and info.bit_depth == 8 and rgb.shape == (6, 7, 3)
+    write_image(rgb, tmp_path / 'ga_out.png', info)
+    back = np.asarray(Image.open(tmp_path / 'ga_out.png'))
+    assert Image.open(tmp_path / 'ga_out.png').mode == 'RGBA'  # OpenCV cannot write LA; gray is kept in RGB
+    np.testing.assert_array_equal(back[..., 3], ga[..., 1])
+    np.testing.assert_array_equal(back[..., 0], ga[..., 0])
+    write_image(rgb, tmp_path / 'ga_drop.png', info, alpha='drop')
+    assert cv2.imread(str(tmp_path / 'ga_drop.png'), cv2.IMREAD_UNCHANGED).ndim == 2  # gray, no alpha
+    # 16-bit TIFF keeps 16 bits; 16-bit to jpg falls back to png under ext auto, 8-bit when forced
+    deep = rng.integers(0, 65535, (5, 4, 3), dtype=np.uint16)
+    _write(tmp_path / 'd.tif', deep)
+    rgb, info = read_image(tmp_path / 'd.tif')
+    assert info.bit_depth == 16 and np.abs(rgb[..., ::-1] * 65535 - deep).max() < 0.5
+    write_image(rgb, tmp_path / 'd_out.tif', info)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / 'd_out.tif'), cv2.IMREAD_UNCHANGED), deep)
+    assert output_extension('.jpg', info) == '.png' and output_extension('.tif', info) == '.tif'
+    assert output_extension('.jpg', info, ext='webp') == '.webp'
+    write_image(rgb, tmp_path / 'd_out.jpg', info)
+    assert cv2.imread(str(tmp_path / 'd_out.jpg'), cv2.IMREAD_UNCHANGED).dtype == np.uint8
+    with pytest.raises(ValueError, match='unsupported output extension'):
+        write_image(rgb, tmp_path / 'x.gif', info)
+    with pytest.raises(FileNotFoundError, match='nope.png'):
+        read_image(tmp_path / 'nope.png')
+
+
+def test_alpha_drop_and_forced_extension_through_the_cli(tmp_path):
+    d = tmp_path / 'in'
+    d.mkdir()
+    rgba = np.full((10, 12, 4), 60, np.uint8)
+    rgba[..., 1] = np.linspace(0, 250, 12, dtype=np.uint8)[None, :]
+    _write(d / 'a.png', rgba)
+    out = tmp_path / 'o'
+    assert main(['-i', str(d), '-o', str(out), '--method', 'hazy', '--alpha', 'drop', '--ext', 'jpg',
+                 '--suffix', '_x']) == 0
+    got = cv2.imread(str(out / 'a_x.jpg'), cv2.IMREAD_UNCHANGED)
+    assert got.shape == (10, 12, 3)
+    assert np.abs(got.astype(int) - rgba[..., :3]).mean() < 20  # the colour went through, only JPEG loss

@@ -60,6 +60,13 @@ def _to_float(img, path):
     raise ValueError(f'{path}: unsupported pixel type {img.dtype} (expected 8-bit, 16-bit or float).')
 
 
+def _png_color_type(data):
+    """PNG colour type from the IHDR chunk (0 gray, 2 RGB, 3 palette, 4 gray + alpha, 6 RGBA), or None."""
+    if data.size > 25 and bytes(data[:8]) == b'\x89PNG\r\n\x1a\n' and bytes(data[12:16]) == b'IHDR':
+        return int(data[25])
+    return None
+
+
 def read_image(path):
     """Read an image file as float32 RGB.
 
@@ -93,6 +100,8 @@ def read_image(path):
         img = img[:, :, None]
     channels = img.shape[2]
     alpha = None
+    if channels == 4 and _png_color_type(data) == 4:  # OpenCV expands gray + alpha PNGs to BGRA
+        img, channels = img[:, :, [0, 3]], 2
     if channels == 1:
         rgb, gray = np.repeat(img, 3, axis=2), True
     elif channels == 2:

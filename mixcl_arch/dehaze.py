@@ -23,23 +23,23 @@ def parse_args(argv=None):
     """Parse the command line (``argv`` without the program name; None -> ``sys.argv[1:]``)."""
     p = argparse.ArgumentParser(
         prog='mixcl-dehaze',
-        description='Dehaze images with MixCLDehazeNet / MixDehazeNet (or a baseline).',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description='Dehaze images with MixCLDehazeNet / MixDehazeNet (or a baseline). See docs/inference.md.')
     p.add_argument('-i', '--input', required=True, help='image file or folder')
     p.add_argument('-o', '--output', required=True,
                    help='output folder (or an output file name when the input is one file)')
     p.add_argument('--weights', help='network checkpoint (BasicSR params/params_ema or official state_dict file)')
     p.add_argument('--opt', help='train/test options YAML: network_g builds the net, clip: configures CLIP')
-    p.add_argument('--method', default='net', choices=METHODS, help='net = trained network; others are baselines')
+    p.add_argument('--method', default='net', choices=METHODS,
+                   help='net (default) = trained network; others are baselines')
     p.add_argument('--param', action='append', default=[], metavar='KEY=VALUE',
                    help='option of a baseline method (repeatable), e.g. --method dcp --param omega=0.9')
     p.add_argument('--param-key', default=None, help='weights key (default: params_ema, then params, then state_dict)')
-    p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    p.add_argument('--device', default='auto', help='auto (default: CUDA when available), cpu, cuda or cuda:N')
     amp = p.add_mutually_exclusive_group()
     amp.add_argument('--fp16', action='store_true', help='float16 autocast (CUDA)')
     amp.add_argument('--bf16', action='store_true', help='bfloat16 autocast')
-    p.add_argument('--tile', type=int, default=512, help='tile size for large images; 0 disables tiling')
-    p.add_argument('--tile-overlap', type=int, default=32, help='overlap of neighbouring tiles in pixels')
+    p.add_argument('--tile', type=int, default=512, help='tile size for large images (default 512); 0 disables tiling')
+    p.add_argument('--tile-overlap', type=int, default=32, help='overlap of neighbouring tiles in pixels (default 32)')
     p.add_argument('--clip-model', default=None, help='open_clip model name (overrides clip.model)')
     p.add_argument('--clip-pretrained', default=None,
                    help='CLIP weights: open_clip tag or local file (overrides clip.pretrained)')
@@ -54,10 +54,11 @@ def parse_args(argv=None):
     p.add_argument('--overwrite', action='store_true', help='replace existing outputs (default: skip them)')
     p.add_argument('--suffix', default='', help='appended to output file stems, e.g. _dehazed')
     p.add_argument('--ext', default='auto',
-                   help='output format: auto (keep the input format; PNG when it cannot hold 16 bits or alpha), '
-                   'png, jpg, webp, tif')
-    p.add_argument('--alpha', default='keep', choices=('keep', 'drop'), help='alpha channel of RGBA inputs')
-    p.add_argument('--quality', type=int, default=95, help='JPEG/WebP quality')
+                   help='output format: auto (default: keep the input format; PNG when it cannot hold 16 bits or '
+                   'alpha), png, jpg, webp, tif')
+    p.add_argument('--alpha', default='keep', choices=('keep', 'drop'),
+                   help='alpha channel of RGBA inputs: keep (default, copied unchanged) or drop')
+    p.add_argument('--quality', type=int, default=95, help='JPEG/WebP quality (default 95)')
     p.add_argument('--recursive', action='store_true', help='also process sub-folders')
     args = p.parse_args(argv)
     if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):

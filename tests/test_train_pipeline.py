@@ -104,47 +104,50 @@ def validation_values(log_text, metric):
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-    """Train 4 iterations, then resume with --auto_resume to 8 (the same experiment)."""
+    """Train 40 iterations, then resume with --auto_resume to 60 (the same experiment)."""
     work = tmp_path_factory.mktemp('pipeline')
     hazy_psnr = make_pair_dataset(str(work / 'datasets' / 'tiny'))
-    opt = tiny_train_opt(os.path.join('datasets', 'tiny'), name='tiny_e2e', ema_decay=0.5)
+    opt = tiny_train_opt(os.path.join('datasets', 'tiny'), name='tiny_e2e', total_iter=40, periods=60, save_freq=20,
+                         val_freq=20, ema_decay=0.5)
     yml = write_yaml(opt, work / 'train_tiny.yml')
     first = run_entry(TRAIN, ['-opt', yml], cwd=str(work))
-    state4 = load_training_state(str(work / 'experiments' / 'tiny_e2e' / 'training_states' / '4.state'))
-    second = run_entry(TRAIN, ['-opt', yml, '--auto_resume', '--force_yml', 'train:total_iter=8'], cwd=str(work))
+    state4 = load_training_state(str(work / 'experiments' / 'tiny_e2e' / 'training_states' / '40.state'))
+    second = run_entry(TRAIN, ['-opt', yml, '--auto_resume', '--force_yml', 'train:total_iter=60'], cwd=str(work))
     return dict(work=work, first=first, second=second, state4=state4, hazy_psnr=hazy_psnr, yml=yml)
 
 
 def test_training_writes_under_cwd_and_logs_validation_metrics(trained):
     work, log = trained['work'], trained['first']
     exp = work / 'experiments' / 'tiny_e2e'
-    assert {'net_g_2.pth', 'net_g_4.pth', 'net_g_latest.pth'} <= set(os.listdir(exp / 'models'))
+    assert {'net_g_20.pth', 'net_g_40.pth', 'net_g_latest.pth'} <= set(os.listdir(exp / 'models'))
     assert not glob.glob(str(exp / 'models' / '.*.tmp'))  # atomic saves leave no temp files
     psnr, ssim, psnr8 = (validation_values(log, m) for m in ('psnr', 'ssim', 'psnr_uint8'))
-    assert len(psnr) == 3 and len(ssim) == 3  # iters 2, 4 and the final validation
+    assert len(psnr) == 3 and len(ssim) == 3  # iters 20, 40 and the final validation
     assert all(math.isfinite(v) and 5 < v < 60 for v in psnr) and all(-1 <= v <= 1 for v in ssim)
+    # 40 steps already dehaze the toy set: well above the hazy input's PSNR
+    assert psnr[-1] > trained['hazy_psnr'] + 2, (psnr, trained['hazy_psnr'])
     assert abs(psnr[-1] - psnr8[-1]) < 0.5  # float vs uint8 protocol: close, not the same code path
     assert glob.glob(str(work / 'tb_logger' / 'tiny_e2e' / 'events.out.tfevents.*'))
-    assert glob.glob(str(exp / 'visualization' / '000' / '000_4.png'))
-    ckpt = load_checkpoint_file(str(exp / 'models' / 'net_g_4.pth'))
+    assert glob.glob(str(exp / 'visualization' / '000' / '000_40.png'))
+    ckpt = load_checkpoint_file(str(exp / 'models' / 'net_g_40.pth'))
     assert set(ckpt) == {'params', 'params_ema'}
     assert not any(k.startswith('module.') for k in ckpt['params'])
 
 
 def test_resume_continues_with_saved_optimizer_and_scheduler_state(trained):
     work, log = trained['work'], trained['second']
-    assert 'Resuming training from epoch' in log and 'iter: 4.' in log
+    assert 'Resuming training from epoch' in log and 'iter: 40.' in log
     state4 = trained['state4']
     # BasicSR steps the scheduler from iter 2 on, so last_epoch == iter - 1
-    assert state4['iter'] == 4 and state4['schedulers'][0]['last_epoch'] == 3
+    assert state4['iter'] == 40 and state4['schedulers'][0]['last_epoch'] == 39
     steps4 = {int(s['step']) for s in state4['optimizers'][0]['state'].values()}
-    assert steps4 == {4}
-    state8 = load_training_state(str(work / 'experiments' / 'tiny_e2e' / 'training_states' / '8.state'))
-    # Adam's step counters and the scheduler went on from 4 (a fresh optimizer would be at step 4 again)
-    assert {int(s['step']) for s in state8['optimizers'][0]['state'].values()} == {8}
-    assert state8['schedulers'][0]['last_epoch'] == 7
+    assert steps4 == {40}
+    state8 = load_training_state(str(work / 'experiments' / 'tiny_e2e' / 'training_states' / '60.state'))
+    # Adam's step counters and the scheduler went on from 40 (a fresh optimizer would be at step 20)
+    assert {int(s['step']) for s in state8['optimizers'][0]['state'].values()} == {60}
+    assert state8['schedulers'][0]['last_epoch'] == 59
     assert state8['schedulers'][0]['periods'] == state4['schedulers'][0]['periods']
-    assert '[tiny_..][epoch:' in log and 'iter:       5,' in log and 'iter:       1,' not in log
+    assert 'iter:      41,' in log and 'iter:       1,' not in log
 
 
 def test_test_entry_point_with_and_without_gt(trained):

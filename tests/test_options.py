@@ -137,7 +137,7 @@ def _standin_dataset_opt(ds, tiny_root, phase):
     if ds.get('dataroot_gt'):
         ds['dataroot_gt'] = str(tiny_root / split / 'GT')
     if ds.get('dataroot_lq'):
-        ds['dataroot_lq'] = str(tiny_root / split / ('hazy' if ds.get('dataroot_gt') else 'hazy'))
+        ds['dataroot_lq'] = str(tiny_root / split / 'hazy')
     if phase == 'train':
         ds.update(gt_size=32, num_worker_per_gpu=0, batch_size_per_gpu=2)
     return ds

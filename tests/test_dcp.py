@@ -12,15 +12,15 @@ T_TRUE = 0.6
 def _synthetic(h=96, w=96, seed=0):
     """Clear image J where every pixel has one zero channel (dark channel 0 everywhere) plus a 24x24 'sky' equal to A.
 
-    Hazy I = J * t + A * (1 - t) with constant t. Returns (I, J), both (1, 3, H, W).
+    Hazy image = J * t + A * (1 - t) with constant t. Returns (hazy, J), both (1, 3, H, W).
     """
     g = torch.Generator().manual_seed(seed)
     J = 0.05 + 0.85 * torch.rand(1, 3, h, w, generator=g)
     zero_ch = torch.randint(0, 3, (1, 1, h, w), generator=g)
     J = J.masked_fill(torch.arange(3)[None, :, None, None] == zero_ch, 0.0)
     J[..., :24, w - 24:] = A_TRUE[None, :, None, None]
-    I = J * T_TRUE + A_TRUE[None, :, None, None] * (1 - T_TRUE)
-    return I, J
+    hazy = J * T_TRUE + A_TRUE[None, :, None, None] * (1 - T_TRUE)
+    return hazy, J
 
 
 def test_min_filter_and_dark_channel_match_brute_force():
@@ -54,8 +54,8 @@ def test_atmospheric_light_modes():
 
 @pytest.mark.parametrize('mode', ['max', 'mean'])
 def test_dcp_recovers_A_with_defaults(mode):
-    I, _ = _synthetic()
-    out = dcp_dehaze(I, atmo_mode=mode, return_all=True)
+    hazy, _ = _synthetic()
+    out = dcp_dehaze(hazy, atmo_mode=mode, return_all=True)
     assert out['A'].shape == (1, 3)
     assert torch.allclose(out['A'][0], A_TRUE, atol=0.05)
     assert set(out) == {'J', 'A', 'dark', 't_raw', 't', 'depth'}
@@ -65,8 +65,8 @@ def test_dcp_recovers_A_with_defaults(mode):
 
 def test_dcp_exact_recovery_when_haze_fully_removed():
     # omega = 1 and no refinement: t_raw = t exactly off the sky, so J is recovered to float precision everywhere
-    I, J = _synthetic()
-    out = dcp_dehaze(I, omega=1.0, refine=False, return_all=True)
+    hazy, J = _synthetic()
+    out = dcp_dehaze(hazy, omega=1.0, refine=False, return_all=True)
     sky = torch.zeros(96, 96, dtype=torch.bool)
     sky[:24, 72:] = True
     inner_sky = torch.zeros_like(sky)
@@ -82,29 +82,29 @@ def test_dcp_exact_recovery_when_haze_fully_removed():
 def test_dcp_defaults_recover_J_within_tolerance():
     # With omega 0.95 the estimate keeps 5% haze: t_hat = 1 - 0.95 (1 - t) = 0.62 instead of 0.6, an error of
     # |J - A| * (1 - t / t_hat) <= 0.032 per pixel; the guided filter (radius 60) adds smoothing near the sky.
-    I, J = _synthetic()
-    err_raw = (dcp_dehaze(I, refine=False) - J).abs()
+    hazy, J = _synthetic()
+    err_raw = (dcp_dehaze(hazy, refine=False) - J).abs()
     assert err_raw.max() < 0.033  # the analytic bound, without refinement
-    J_hat = dcp_dehaze(I)
+    J_hat = dcp_dehaze(hazy)
     err = (J_hat - J).abs()
     assert err.mean() < 0.03  # measured 0.019
     assert err[..., 30:, :60].max() < 0.1  # measured 0.071: t follows the random guide's texture a little
-    hazy_err = (I - J).abs().mean()
+    hazy_err = (hazy - J).abs().mean()
     assert err.mean() < 0.2 * hazy_err
     assert J_hat.min() >= 0 and J_hat.max() <= 1
 
 
 def test_restorer_interface_batch_and_dtype():
-    I1, _ = _synthetic(seed=0)
-    I2, _ = _synthetic(seed=3)
-    batch = torch.cat([I1, I2])
+    hazy1, _ = _synthetic(seed=0)
+    hazy2, _ = _synthetic(seed=3)
+    batch = torch.cat([hazy1, hazy2])
     r = DCPRestorer(gf_radius='20', omega='0.9', refine='true')
     assert r.name == 'dcp' and r.num_params == 0 and r.net is None
     assert r.params['gf_radius'] == 20 and r.params['omega'] == 0.9
     out = r(batch)
     assert out.shape == batch.shape and out.dtype == torch.float32
     # batched result equals per-image results (A and t are estimated per image)
-    assert torch.allclose(out[1:], r(I2), atol=1e-6)
+    assert torch.allclose(out[1:], r(hazy2), atol=1e-6)
     est = r.estimate(batch)
     assert est['A'].shape == (2, 3)
     assert torch.allclose(r(batch.double()).float(), out, atol=1e-4)

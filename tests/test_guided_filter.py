@@ -7,9 +7,9 @@ import torch
 from mixcl_arch.baselines.guided_filter import box_mean, box_sum, guided_filter
 
 
-def _direct_guided(I, p, r, eps):
+def _direct_guided(img, p, r, eps):
     """Textbook guided filter with explicit clipped windows (numpy float64, one channel)."""
-    h, w = I.shape
+    h, w = img.shape
 
     def win_mean(x):
         out = np.empty_like(x)
@@ -18,10 +18,10 @@ def _direct_guided(I, p, r, eps):
                 out[i, j] = x[max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].mean()
         return out
 
-    mi, mp = win_mean(I), win_mean(p)
-    a = (win_mean(I * p) - mi * mp) / (win_mean(I * I) - mi * mi + eps)
+    mi, mp = win_mean(img), win_mean(p)
+    a = (win_mean(img * p) - mi * mp) / (win_mean(img * img) - mi * mi + eps)
     b = mp - a * mi
-    return win_mean(a) * I + win_mean(b)
+    return win_mean(a) * img + win_mean(b)
 
 
 @pytest.mark.parametrize('radius', [0, 1, 3, 20])
@@ -40,10 +40,10 @@ def test_box_sum_matches_windows(radius):
 @pytest.mark.parametrize('radius,eps', [(1, 1e-4), (2, 1e-2), (4, 1e-3)])
 def test_guided_filter_equals_direct(radius, eps):
     rng = np.random.default_rng(radius)
-    I = rng.random((12, 15))
-    p = np.clip(I * 0.7 + 0.3 * rng.random((12, 15)), 0, 1)
-    want = _direct_guided(I, p, radius, eps)
-    got = guided_filter(torch.from_numpy(I)[None, None], torch.from_numpy(p)[None, None], radius, eps)
+    img = rng.random((12, 15))
+    p = np.clip(img * 0.7 + 0.3 * rng.random((12, 15)), 0, 1)
+    want = _direct_guided(img, p, radius, eps)
+    got = guided_filter(torch.from_numpy(img)[None, None], torch.from_numpy(p)[None, None], radius, eps)
     assert got.shape == (1, 1, 12, 15)
     np.testing.assert_allclose(got[0, 0].numpy(), want, atol=1e-10)
 

@@ -1,8 +1,9 @@
 """Guided image filter (He, Sun, Tang, ECCV 2010 / TPAMI 2013) with O(N) box filters in torch.
 
 The box filter sums a (2r+1)x(2r+1) window through an integral image (one cumulative sum per axis, then one
-subtraction per pixel), so its cost does not depend on the radius. Windows are clipped at the image border and normalised by the number of pixels they actually
-cover, as in the reference MATLAB implementation (``boxfilter(ones) = N``).
+subtraction per pixel), so its cost does not depend on the radius. Windows are clipped at the image border and
+normalised by the number of pixels they actually cover, as in the reference MATLAB implementation
+(``boxfilter(ones) = N``).
 """
 import torch
 import torch.nn.functional as F

@@ -68,8 +68,9 @@ print(f"[demo] train: {s['train']['images']} photos, {s['train']['pairs']} hazy/
       f"({s['test']['pairs']} pairs)")
 EOF
 
-FORCE=("train:total_iter=$ITERS" "train:scheduler:periods=[$ITERS]" "val:val_freq=$ITERS"
-       "logger:save_checkpoint_freq=$ITERS" "logger:print_freq=$(( ITERS < 50 ? 1 : 50 ))")
+# val/save frequencies past the end: BasicSR validates and saves net_g_latest.pth once when training ends
+FORCE=("train:total_iter=$ITERS" "train:scheduler:periods=[$ITERS]" "val:val_freq=$(( ITERS + 1 ))"
+       "logger:save_checkpoint_freq=$(( ITERS + 1 ))" "logger:print_freq=$(( ITERS < 50 ? 1 : 50 ))")
 if [ -n "${MIXCL_CLIP_WEIGHTS:-}" ]; then
   [ -f "$MIXCL_CLIP_WEIGHTS" ] || { echo "MIXCL_CLIP_WEIGHTS=$MIXCL_CLIP_WEIGHTS: no such file" >&2; exit 2; }
   say "CLIP weights given ($MIXCL_CLIP_WEIGHTS): extracting real CLIP features (scripts/extract_clip_features.py)"

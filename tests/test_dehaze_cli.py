@@ -438,3 +438,58 @@ def test_alpha_drop_and_forced_extension_through_the_cli(tmp_path):
     got = cv2.imread(str(out / 'a_x.jpg'), cv2.IMREAD_UNCHANGED)
     assert got.shape == (10, 12, 3)
     assert np.abs(got.astype(int) - rgba[..., :3]).mean() < 20  # the colour went through, only JPEG loss
+
+
+class _RecordingPrior:
+    """Deterministic stand-in CLIP prior used to check the wiring (calls, options, shapes), not CLIP itself."""
+
+    calls = []
+
+    def __init__(self, opt):
+        self.opt = opt
+        self.domains = ['indoor', 'outdoor']
+
+    @classmethod
+    def from_opt(cls, opt):
+        return cls(opt)
+
+    def __call__(self, x):
+        type(self).calls.append(tuple(x.shape))
+        mean = x.mean(dim=(1, 2, 3))
+        probs = torch.stack([mean, 1 - mean], dim=1)
+        text = torch.arange(512, dtype=torch.float32)[None].repeat(x.shape[0], 1) / 512 * (1 + mean[:, None])
+        return {'probs': probs, 'text_hard': text, 'text_soft': -text, 'image_emb': text.flip(1)}
+
+
+def _fake_clip_module(monkeypatch):
+    import types
+    mod = types.ModuleType('mixcl_arch.clip')
+    mod.CLIPPrior = _RecordingPrior
+    mod.CLIPWeightsError = type('CLIPWeightsError', (RuntimeError,), {})
+
+    def build_condition(out, mode='hard', extra=()):
+        vecs = [out['text_' + mode]] + [out['image_emb'] for _ in extra]
+        return torch.stack(vecs, dim=1)
+
+    mod.build_condition = build_condition
+    monkeypatch.setitem(sys.modules, 'mixcl_arch.clip', mod)
+    _RecordingPrior.calls = []
+
+
+def test_online_conditioning_wiring_computes_once_per_image(ckpts, monkeypatch):
+    _fake_clip_module(monkeypatch)
+    paths, net, _ = ckpts
+    opt = {'clip': {'model': 'tiny', 'pretrained': 'tiny.pt', 'cond_mode': 'soft', 'cond_fallback': 'none'}}
+    r = build_restorer('net', paths['basicsr'], opt=opt, tile=48, tile_overlap=16)
+    assert r.cond.source == 'clip' and r.notes == []
+    assert 'cond_mode' not in r.cond.prior.opt and r.cond.prior.opt['pretrained'] == 'tiny.pt'
+    x = torch.rand(1, 3, 100, 90)
+    y = r(x)
+    assert _RecordingPrior.calls == [(1, 3, 100, 90)]  # the whole image, once, although 3 x 3 tiles ran
+    text = -torch.arange(512, dtype=torch.float32)[None] / 512 * (1 + x.mean())  # soft mode from the YAML
+    with torch.no_grad():
+        ref = net(x, text)
+    assert (y - ref.clamp(0, 1)).abs().mean() < 2e-3  # tiled, so close rather than equal
+    # K must match the net: two vectors for a one-vector network is refused at construction
+    with pytest.raises(ValueError, match='conditioning vectors'):
+        build_restorer('net', paths['basicsr'], opt=opt, cond_extra=['image'])

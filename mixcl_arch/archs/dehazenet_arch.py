@@ -1,0 +1,185 @@
+"""DehazeNet (Cai, Xu, Jia, Qing, Tao, "DehazeNet: An End-to-End System for Single Image Haze Removal", TIP 2016).
+
+The network predicts the medium transmission t of a hazy image; the clear image is recovered outside the network
+(:mod:`mixcl_arch.baselines.dehazenet`).
+
+Padding. The paper trains on 16x16 patches with valid convolutions (16x16 patch -> one t value). Here the default
+``padding='same'`` pads every layer so that the output has the input's size on any H x W:
+
+- the 5x5 convolution and the three multi-scale convolutions pad by k // 2 with reflect padding;
+- the 7x7 max pool pads by 3 with -inf (PyTorch's pool padding), i.e. the window is clipped at the border;
+- the 6x6 convolution has no centre: it pads 2 rows/columns before and 3 after (reflect), so output pixel (i, j)
+  sees input rows i-2 .. i+3.
+
+Training then uses the same function as inference: a 16x16 patch synthesised with one constant t gets a 16x16 map
+of targets (every pixel regresses the patch's t), so each patch gives 256 regression targets instead of one and no
+second code path is needed for full images. ``padding='valid'`` keeps the paper's layout (output shrinks by 15:
+16x16 -> 1x1; the multi-scale convolutions keep their size-preserving zero padding as in the released model) for
+training on patches exactly as the paper; :meth:`DehazeNet.forward_full` then runs it on a full image by reflect
+padding the input by 7 before / 8 after, which gives a map of the input's size.
+"""
+import torch
+import torch.nn.functional as F
+from basicsr.utils.registry import ARCH_REGISTRY
+from torch import nn
+
+DEHAZENET_PADDINGS = ('same', 'valid')
+
+
+class Maxout(nn.Module):
+    """Maxout across channels: C input maps in ``groups`` consecutive groups, the element-wise max of each group.
+
+    Group g holds channels ``[g * C / groups, (g + 1) * C / groups)``; output channel g is their maximum.
+
+    Args:
+        groups (int): Number of output maps (C must be a multiple of it).
+
+    Shapes:
+        forward(x): (B, C, H, W) -> (B, groups, H, W).
+    """
+
+    def __init__(self, groups=4):
+        super().__init__()
+        if int(groups) < 1:
+            raise ValueError(f'Maxout groups must be >= 1, got {groups}.')
+        self.groups = int(groups)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        if c % self.groups:
+            raise ValueError(f'Maxout: {c} channels cannot be split into {self.groups} groups.')
+        return x.reshape(b, self.groups, c // self.groups, h, w).amax(dim=2)
+
+    def extra_repr(self):
+        return f'groups={self.groups}'
+
+
+class BReLU(nn.Module):
+    """Bilateral ReLU: ``min(max(x, t_min), t_max)``, identity (gradient 1) inside, constant (gradient 0) outside.
+
+    Args:
+        t_min (float): Lower bound (0 for a transmission).
+        t_max (float): Upper bound (1 for a transmission).
+    """
+
+    def __init__(self, t_min=0.0, t_max=1.0):
+        super().__init__()
+        if not float(t_min) < float(t_max):
+            raise ValueError(f'BReLU needs t_min < t_max, got {t_min} and {t_max}.')
+        self.t_min, self.t_max = float(t_min), float(t_max)
+
+    def forward(self, x):
+        return x.clamp(self.t_min, self.t_max)
+
+    def extra_repr(self):
+        return f't_min={self.t_min}, t_max={self.t_max}'
+
+
+@ARCH_REGISTRY.register()
+class DehazeNet(nn.Module):
+    """DehazeNet transmission estimator (8,305 parameters with the default sizes).
+
+    Layers (channels; "same" padding as described in the module docstring)::
+
+        feature extraction   conv 5x5, 3 -> 16, then Maxout over 4 groups -> 4 maps         1,216 params
+        multi-scale mapping  conv 3x3 / 5x5 / 7x7, 4 -> 16 each, concatenated -> 48 maps   5,360 params
+        local extremum       max pool 7x7, stride 1                                            0 params
+        non-linear regress.  conv 6x6, 48 -> 1, then BReLU (clamp to [0, 1])               1,729 params
+
+    The paper has no non-linearity after the multi-scale convolutions; none is added here.
+
+    Args:
+        padding (str): 'same' (default, output size = input size, used for training and inference) or 'valid'
+            (the paper's 16x16 -> 1x1 layout, output shrinks by 15 pixels).
+        num_features (int): Filters of the first convolution (16).
+        maxout_groups (int): Maps after Maxout (4).
+        multiscale_features (int): Filters of each multi-scale convolution (16).
+        pool_size (int): Local extremum window (7).
+        regress_size (int): Kernel of the regression convolution (6).
+        t_min (float): BReLU lower bound (0).
+        t_max (float): BReLU upper bound (1).
+        init_std (float | None): Std of a Gaussian weight init (the paper: 0.001); None keeps PyTorch's default
+            init (default, trains faster). The regression bias starts at (t_min + t_max) / 2 either way, so the
+            BReLU starts in its linear range and passes gradients.
+
+    Attributes:
+        num_cond (int): 0, unconditioned (models call ``net(lq)``).
+        cond_dim (int): 512, for interface compatibility.
+        shrink (int): Pixels lost per axis ('same': 0, 'valid': 15).
+
+    Shapes:
+        forward(x): (B, 3, H, W) hazy in [0, 1] -> t (B, 1, H, W) in [0, 1] ('valid': (B, 1, H - 15, W - 15)).
+    """
+    num_cond = 0
+    cond_dim = 512
+
+    def __init__(self, padding='same', num_features=16, maxout_groups=4, multiscale_features=16, pool_size=7,
+                 regress_size=6, t_min=0.0, t_max=1.0, init_std=None):
+        super().__init__()
+        if padding not in DEHAZENET_PADDINGS:
+            raise ValueError(f'DehazeNet padding must be one of {DEHAZENET_PADDINGS}, got {padding!r}.')
+        if num_features % maxout_groups:
+            raise ValueError(f'DehazeNet num_features ({num_features}) must be a multiple of maxout_groups '
+                             f'({maxout_groups}).')
+        if pool_size < 1 or pool_size % 2 == 0 or regress_size < 1:
+            raise ValueError(f'DehazeNet needs an odd pool_size >= 1 and regress_size >= 1, got {pool_size}, '
+                             f'{regress_size}.')
+        self.padding = padding
+        self.pool_size = int(pool_size)
+        self.regress_size = int(regress_size)
+        self.conv1 = nn.Conv2d(3, num_features, 5)
+        self.maxout = Maxout(maxout_groups)
+        self.ms_convs = nn.ModuleList(nn.Conv2d(maxout_groups, multiscale_features, k) for k in (3, 5, 7))
+        self.conv_regress = nn.Conv2d(3 * multiscale_features, 1, regress_size)
+        self.brelu = BReLU(t_min, t_max)
+        self.shrink = 0 if padding == 'same' else 4 + (self.pool_size - 1) + (self.regress_size - 1)
+        if init_std is not None:
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.normal_(m.weight, 0.0, float(init_std))
+                    nn.init.zeros_(m.bias)
+        nn.init.constant_(self.conv_regress.bias, 0.5 * (float(t_min) + float(t_max)))
+
+    def _pad(self, x, before, after):
+        if self.padding == 'valid' or before + after == 0:
+            return x
+        # reflect needs the padding < the size; tiny inputs (< 4 px) fall back to replicate
+        mode = 'reflect' if min(x.shape[-2:]) > max(before, after) else 'replicate'
+        return F.pad(x, (before, after, before, after), mode=mode)
+
+    def forward(self, x):
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f'DehazeNet expects a (B, 3, H, W) input, got {tuple(x.shape)}.')
+        if self.padding == 'valid' and min(x.shape[-2:]) <= self.shrink:
+            raise ValueError(f"DehazeNet(padding='valid') needs inputs larger than {self.shrink}x{self.shrink} "
+                             f'(16x16 patches -> 1x1), got {tuple(x.shape)}; use forward_full for full images.')
+        feat = self.maxout(self.conv1(self._pad(x, 2, 2)))
+        feat = torch.cat([conv(self._ms_pad(feat, conv.kernel_size[0] // 2)) for conv in self.ms_convs], dim=1)
+        r = self.pool_size // 2
+        feat = F.max_pool2d(feat, self.pool_size, stride=1, padding=r if self.padding == 'same' else 0)
+        k = self.regress_size
+        feat = self._pad(feat, (k - 1) // 2, k // 2)
+        return self.brelu(self.conv_regress(feat))
+
+    def _ms_pad(self, x, p):
+        if self.padding == 'same':
+            return self._pad(x, p, p)
+        return F.pad(x, (p, p, p, p))  # zero padding inside the patch, as the released valid-mode model
+
+    def forward_full(self, x):
+        """Transmission map of the input's size whatever the padding mode.
+
+        Args:
+            x (Tensor): (B, 3, H, W) hazy image in [0, 1].
+
+        Returns:
+            Tensor: (B, 1, H, W) transmission in [0, 1]. 'valid' nets get the input reflect-padded by
+            shrink // 2 before and shrink - shrink // 2 after (7 / 8), so pixel (i, j) is the t of the 16x16 patch
+            whose centre is (i, j) (rows i-7 .. i+8).
+        """
+        if self.padding == 'same':
+            return self(x)
+        before = self.shrink // 2
+        after = self.shrink - before
+        mode = 'reflect' if min(x.shape[-2:]) > after else 'replicate'
+        return self(F.pad(x, (before, after, before, after), mode=mode))

@@ -21,7 +21,8 @@ Writes to ``--out``:
   ``calculate_ssim_dehaze``: float [0, 1] clamped, per image, SSIM after average-pooling by round(min(H, W)/256)),
   mean time per image (ms), parameters, and MACs of the network at 1x3x256x256 (``mixcl_arch.utils.flops``,
   FlopCounterMode: convs, matmuls and attention; the CLIP encoder of conditioned nets is not included);
-- ``figure.png``: rows of hazy | each method | GT with labels (per-image PSNR / SSIM) for ``--figure`` images.
+- ``figure.png``: rows of hazy | each method | GT with labels (per-image PSNR / SSIM) for ``--figure`` images;
+- with ``--save-images``: every output as ``images/<method>/<hazy path without extension>.png``.
 
 Resumable: rows already in ``results.csv`` for an (image, method) are skipped (``--no-resume`` recomputes all);
 every file is rewritten atomically. The time of a method is measured around its call (CUDA synchronised), after
@@ -408,6 +409,7 @@ def parse_args(argv=None):
     p.add_argument('--flush-every', type=int, default=20, help='rewrite results.csv every N new rows')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
+    p.add_argument('--save-images', action='store_true', help='also write every output to OUT/images/METHOD/')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p.parse_args(argv)
 
@@ -477,6 +479,10 @@ def run(args):
                     cells[(it['image'], '__gt__')] = gt
                 if (it['image'], m['name']) in done:
                     continue
+                if args.save_images:
+                    stem = osp.splitext(it['image'])[0]
+                    atomic_imwrite(_to_u8(y[0].numpy().transpose(1, 2, 0))[..., ::-1],
+                                   osp.join(args.out, 'images', m['name'], stem + '.png'))
                 g = torch.from_numpy(gt.transpose(2, 0, 1)).unsqueeze(0)
                 rows.append({'image': it['image'], 'gt': it['gt'], 'domain': it['domain'], 'method': m['name'],
                              'psnr': f'{calculate_psnr_dehaze(y, g):.4f}', 'ssim': f'{calculate_ssim_dehaze(y, g):.6f}',

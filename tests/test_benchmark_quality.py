@@ -71,7 +71,7 @@ def test_harness_writes_results_summary_figure_and_resumes(tmp_path):
     out = str(tmp_path / 'bench')
     base = ['--data', data_root, '--out', out, '--quiet', '--figure', '2', '--macs-size', '32',
             '--method', 'name=Hazy,method=hazy', '--method', 'name=DCP,method=dcp,gf_radius=8']
-    bq.main(base + ['--method', f'name=AOD,method=net,weights={ckpt},opt={opt}'])
+    bq.main(base + ['--save-images', '--method', f'name=AOD,method=net,weights={ckpt},opt={opt}'])
 
     res = _read(osp.join(out, 'results.csv'))
     assert len(res) == 3 * 3
@@ -97,6 +97,13 @@ def test_harness_writes_results_summary_figure_and_resumes(tmp_path):
     assert abs(float(summ[4]['psnr']) - np.mean(indoor)) < 1e-3
     md = open(osp.join(out, 'summary.md')).read()
     assert '| AOD | all | 3 |' in md and '1.76K' in md and '| DCP | outdoor | 1 |' in md
+
+    # saved outputs: the AOD-Net one equals the net applied to the hazy PNG (up to 8-bit rounding)
+    saved = cv2.imread(osp.join(out, 'images', 'AOD', rows[1][0]))[..., ::-1].astype(np.float32) / 255
+    x = torch.from_numpy(cv2.imread(osp.join(data_root, 'hazy', rows[1][0]))[..., ::-1].copy()).float() / 255
+    with torch.no_grad():
+        ref = net(x.permute(2, 0, 1)[None]).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    assert np.abs(saved - ref).max() <= 1 / 255 + 1e-6
 
     fig = cv2.imread(osp.join(out, 'figure.png'))
     assert fig is not None and fig.shape[0] == 2 * (160 + 36 + 6)  # 2 rows of label bar + cell + gap

@@ -1,0 +1,281 @@
+"""The CLIP feature store: conditioning of every image of a dataset, computed once, with its provenance.
+
+One ``torch.save`` file (written atomically) holding a plain dict::
+
+    {'format': 'mixcl_clip_features', 'version': 1,
+     'meta': provenance (model, pretrained tag or file name + sha256, quick_gelu, model_cfg, domains, templates,
+             prompt_sets, embed_dim, logit_scale, open_clip_version),
+     'class_text': {'domain': (D, E), '<set>': (C, E)},   # normalised per-class text features
+     'names': [N image names],                             # relative hazy path without extension, '/'-separated
+     'probs': (N, D), 'image_emb': (N, E), 'set_probs': {'<set>': (N, C)}}   # float32
+
+``text_hard`` / ``text_soft`` of an image are not duplicated on disk: they are rebuilt exactly from its probabilities
+and the class text features (hard = row of the most probable class, soft = ``probs @ class_text``), the same
+computation as :class:`~mixcl_arch.clip.CLIPPrior`, so :meth:`FeatureStore.get` returns them bit-identical.
+"""
+import os
+
+import torch
+
+from mixcl_arch.utils.checkpoint import atomic_torch_save
+
+from .conditioning import PRIMARY_SET, hard_soft
+
+__all__ = ['FeatureStore', 'STORE_FORMAT', 'STORE_VERSION', 'load_domain_text_features', 'image_key',
+           'provenance_mismatches']
+
+STORE_FORMAT = 'mixcl_clip_features'
+STORE_VERSION = 1
+
+
+def image_key(rel_path):
+    """Store key of an image: its path relative to the image folder, without extension, '/'-separated."""
+    rel = str(rel_path).replace(os.sep, '/')
+    return os.path.splitext(rel)[0] if os.path.splitext(rel)[1] else rel
+
+
+def _as_list(value):
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def provenance_mismatches(meta, clip_opt, embed_dim=None):
+    """Differences between a store's provenance and the CLIP options that should have produced it.
+
+    Args:
+        meta (dict): Store provenance.
+        clip_opt (dict | None): YAML ``clip:`` options (model, pretrained, domains, templates, prompt_sets, ...).
+            Keys that are not set are not checked.
+        embed_dim (int | None): Conditioning width the network expects.
+
+    Returns:
+        list[str]: Human-readable differences (empty: compatible).
+    """
+    from .conditioning import normalize_prompt_sets
+
+    diffs = []
+    opt = dict(clip_opt or {})
+    if opt.get('model') is not None and str(opt['model']).replace('/', '-') != meta.get('model'):
+        diffs.append(f"model: store {meta.get('model')!r}, options {opt['model']!r}")
+    pre = opt.get('pretrained')
+    if pre is not None:
+        pre = str(pre)
+        path = os.path.expanduser(pre)
+        if meta.get('pretrained_kind') == 'file' and os.path.isfile(path):
+            from .weights import file_sha256
+            if file_sha256(path) != meta.get('pretrained_sha256'):
+                diffs.append(f"pretrained: store made from a file with sha256 {str(meta.get('pretrained_sha256'))[:12]}"
+                             f"..., options' file {path} differs")
+        elif meta.get('pretrained_kind') == 'tag' and not os.path.isfile(path) and pre != meta.get('pretrained'):
+            diffs.append(f"pretrained: store tag {meta.get('pretrained')!r}, options {pre!r}")
+        elif meta.get('pretrained_kind') == 'file' and not os.path.isfile(path) and \
+                os.path.basename(path) != meta.get('pretrained'):
+            diffs.append(f"pretrained: store file {meta.get('pretrained')!r}, options {pre!r} (not found here)")
+    for key in ('domains', 'templates'):
+        if opt.get(key) is not None and _as_list(opt[key]) != list(meta.get(key) or []):
+            diffs.append(f'{key}: store {meta.get(key)}, options {_as_list(opt[key])}')
+    if opt.get('prompt_sets'):
+        want = normalize_prompt_sets(opt['prompt_sets'], _as_list(opt.get('templates')) or meta.get('templates'))
+        have = meta.get('prompt_sets') or {}
+        for name, spec in want.items():
+            if have.get(name) != spec:
+                diffs.append(f'prompt_sets.{name}: store {have.get(name)}, options {spec}')
+    if opt.get('model_cfg') is not None and meta.get('model_cfg') is not None and opt['model_cfg'] != meta['model_cfg']:
+        diffs.append('model_cfg differs from the one the store was made with')
+    if embed_dim is not None and int(embed_dim) != int(meta.get('embed_dim', -1)):
+        diffs.append(f"embed dim: store {meta.get('embed_dim')}, expected {embed_dim}")
+    return diffs
+
+
+class FeatureStore:
+    """In-memory feature store (see the module docstring for the file layout).
+
+    Args:
+        meta (dict): Provenance (``CLIPPrior.provenance()``).
+        class_text (dict[str, Tensor]): 'domain' -> (D, E) and one (C, E) per extra prompt set.
+    """
+
+    def __init__(self, meta, class_text):
+        self.meta = dict(meta)
+        self.class_text = {k: v.detach().float().cpu() for k, v in class_text.items()}
+        if PRIMARY_SET not in self.class_text:
+            raise ValueError("class_text needs the primary 'domain' features.")
+        self.names = []
+        self.index = {}
+        self._chunks = []
+        self._probs = torch.zeros(0, self.class_text[PRIMARY_SET].shape[0])
+        self._image_emb = torch.zeros(0, self.embed_dim)
+        self._set_probs = {k: torch.zeros(0, v.shape[0]) for k, v in self.class_text.items() if k != PRIMARY_SET}
+
+    # ------------------------------------------------------------------------------------------------ properties
+    @property
+    def embed_dim(self):
+        return int(self.class_text[PRIMARY_SET].shape[1])
+
+    @property
+    def domains(self):
+        return list(self.meta.get('domains') or [])
+
+    @property
+    def prompt_set_names(self):
+        return [k for k in self.class_text if k != PRIMARY_SET]
+
+    @property
+    def domain_text(self):
+        """Tensor: (D, E) normalised text feature per domain."""
+        return self.class_text[PRIMARY_SET]
+
+    def domain_text_features(self):
+        """dict[str, Tensor]: domain name -> (E,) text feature."""
+        return {d: self.domain_text[i] for i, d in enumerate(self.domains)}
+
+    def __len__(self):
+        return len(self.names)
+
+    def __contains__(self, name):
+        return name in self.index
+
+    # ---------------------------------------------------------------------------------------------- build / io
+    @classmethod
+    def from_prior(cls, prior):
+        """Empty store for the outputs of ``prior`` (a :class:`~mixcl_arch.clip.CLIPPrior`)."""
+        return cls(prior.provenance(), prior.class_text)
+
+    def add(self, names, out):
+        """Append the prior outputs of a batch.
+
+        Args:
+            names (list[str]): Keys (see :func:`image_key`), none of them already in the store.
+            out (dict): ``CLIPPrior`` output with 'probs' (B, D), 'image_emb' (B, E) and '<set>_probs'.
+
+        Raises:
+            ValueError: Row count mismatch or a name that is already stored.
+        """
+        if len(names) != out['probs'].shape[0]:
+            raise ValueError(f"{len(names)} names for {out['probs'].shape[0]} feature rows.")
+        dup = [n for n in names if n in self.index]
+        if dup or len(set(names)) != len(names):
+            raise ValueError(f'Names already in the feature store or repeated: {(dup or list(names))[:5]}')
+        self._chunks.append({'names': list(names), 'probs': out['probs'].detach().float().cpu(),
+                             'image_emb': out['image_emb'].detach().float().cpu(),
+                             'set_probs': {k: out[f'{k}_probs'].detach().float().cpu() for k in self._set_probs}})
+        for n in names:
+            self.index[n] = -1  # final row assigned by _consolidate
+        return self
+
+    def _consolidate(self):
+        if not self._chunks:
+            return
+        chunks, self._chunks = self._chunks, []
+        self.names = self.names + [n for c in chunks for n in c['names']]
+        self._probs = torch.cat([self._probs] + [c['probs'] for c in chunks])
+        self._image_emb = torch.cat([self._image_emb] + [c['image_emb'] for c in chunks])
+        self._set_probs = {k: torch.cat([v] + [c['set_probs'][k] for c in chunks]) for k, v in self._set_probs.items()}
+        self.index = {n: i for i, n in enumerate(self.names)}
+
+    def state(self):
+        """The dict written to disk."""
+        self._consolidate()
+        return {'format': STORE_FORMAT, 'version': STORE_VERSION, 'meta': self.meta, 'class_text': self.class_text,
+                'names': list(self.names), 'probs': self._probs, 'image_emb': self._image_emb,
+                'set_probs': dict(self._set_probs)}
+
+    def save(self, path):
+        """Write atomically (temporary file in the same folder, fsync, os.replace)."""
+        atomic_torch_save(self.state(), path)
+
+    @classmethod
+    def load(cls, path):
+        """Read a store written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: Missing file.
+            ValueError: Not a feature store, another version, or inconsistent sizes.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'Feature store not found: {path} (write it with scripts/extract_clip_features.py).')
+        try:
+            data = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as err:
+            raise ValueError(f'Feature store {path} cannot be read ({type(err).__name__}: {err}); re-run '
+                             'scripts/extract_clip_features.py.') from err
+        if not isinstance(data, dict) or data.get('format') != STORE_FORMAT:
+            raise ValueError(f'{path} is not a CLIP feature store (written by scripts/extract_clip_features.py).')
+        if data.get('version') != STORE_VERSION:
+            raise ValueError(f"{path}: feature store version {data.get('version')}, this code reads {STORE_VERSION}.")
+        store = cls(data['meta'], data['class_text'])
+        n = len(data['names'])
+        sizes = [data['probs'].shape[0], data['image_emb'].shape[0]] + [v.shape[0] for v in data['set_probs'].values()]
+        if any(s != n for s in sizes) or set(data['set_probs']) != set(store._set_probs):
+            raise ValueError(f'{path}: inconsistent feature store ({n} names, rows {sizes}); re-extract it.')
+        store.names = list(data['names'])
+        store.index = {name: i for i, name in enumerate(store.names)}
+        store._probs, store._image_emb = data['probs'].float(), data['image_emb'].float()
+        store._set_probs = {k: v.float() for k, v in data['set_probs'].items()}
+        store.path = path
+        return store
+
+    # ----------------------------------------------------------------------------------------------- lookup
+    def rows(self, names):
+        """Row indices of ``names``.
+
+        Raises:
+            KeyError: Lists how many names are missing and the first few.
+        """
+        self._consolidate()
+        missing = [n for n in names if n not in self.index]
+        if missing:
+            raise KeyError(f'{len(missing)} image(s) not in the feature store, e.g. {missing[:5]}')
+        return torch.tensor([self.index[n] for n in names], dtype=torch.long)
+
+    def get_rows(self, rows):
+        """Conditioning outputs for store rows, the same keys as ``CLIPPrior`` returns.
+
+        Args:
+            rows (Tensor): (B,) long.
+
+        Returns:
+            dict[str, Tensor]: 'probs' (B, D), 'text_hard', 'text_soft', 'image_emb' (B, E), per set '<set>_probs',
+            '<set>_text_hard', '<set>_text_soft'.
+        """
+        self._consolidate()
+        probs = self._probs[rows]
+        hard, soft = hard_soft(probs, self.domain_text)
+        out = {'probs': probs, 'text_hard': hard, 'text_soft': soft, 'image_emb': self._image_emb[rows]}
+        for k, v in self._set_probs.items():
+            p = v[rows]
+            out[f'{k}_probs'] = p
+            out[f'{k}_text_hard'], out[f'{k}_text_soft'] = hard_soft(p, self.class_text[k])
+        return out
+
+    def get(self, name):
+        """Conditioning outputs of one image (as :meth:`get_rows`, without the batch dimension)."""
+        return {k: v[0] for k, v in self.get_rows(self.rows([name])).items()}
+
+    def summary(self):
+        """dict: image count, images per predicted domain, mean confidence (max probability)."""
+        self._consolidate()
+        if not len(self.names):
+            return {'images': 0, 'per_domain': {d: 0 for d in self.domains}, 'mean_confidence': None}
+        conf, pred = self._probs.max(dim=1)
+        counts = torch.bincount(pred, minlength=len(self.domains)).tolist()
+        out = {'images': len(self.names), 'per_domain': dict(zip(self.domains, counts)),
+               'mean_confidence': round(float(conf.mean()), 4)}
+        for k, v in self._set_probs.items():
+            classes = self.meta['prompt_sets'][k]['classes']
+            out[f'per_{k}'] = dict(zip(classes, torch.bincount(v.argmax(1), minlength=len(classes)).tolist()))
+        return out
+
+    def check(self, clip_opt=None, embed_dim=None, path=None):
+        """Raise ValueError when the store does not match the CLIP options (see :func:`provenance_mismatches`)."""
+        diffs = provenance_mismatches(self.meta, clip_opt, embed_dim)
+        if diffs:
+            raise ValueError(f"Feature store {path or getattr(self, 'path', '')} does not match the CLIP options: "
+                             + '; '.join(diffs) + '. Re-run scripts/extract_clip_features.py with these options.')
+
+
+def load_domain_text_features(path):
+    """dict[str, Tensor]: domain -> (E,) text feature, read from a feature store file."""
+    return FeatureStore.load(path).domain_text_features()

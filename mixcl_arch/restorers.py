@@ -157,44 +157,16 @@ def _cond_setting(opt, key):
 
 
 def load_domain_text_features(path):
-    """Per-domain CLIP text features from a feature store file.
-
-    Uses ``mixcl_arch.clip``'s own store reader when it offers one, else reads a torch-saved dict.
+    """Per-domain CLIP text features of a feature store (``scripts/extract_clip_features.py``).
 
     Returns:
         dict[str, Tensor]: domain name -> (E,) float32 feature.
 
     Raises:
-        FileNotFoundError: Missing file.
-        ValueError: A file without per-domain text features.
+        FileNotFoundError: Missing file. ValueError: Not a feature store.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'Feature store not found: {path}')
-    try:
-        store_mod = importlib.import_module('mixcl_arch.clip.store')
-    except ImportError:
-        store_mod = None
-    reader = getattr(store_mod, 'load_domain_text_features', None)
-    if reader is not None:
-        feats = reader(path)
-    else:
-        data = load_checkpoint_file(path)
-        feats = None
-        for key in ('domain_text', 'domain_text_features', 'domain_features', 'text_features'):
-            if isinstance(data, dict) and key in data:
-                feats = data[key]
-                break
-        if feats is None:
-            raise ValueError(f'{path}: no per-domain text features found (looked for domain_text / '
-                             'domain_text_features / domain_features / text_features).')
-        if isinstance(feats, torch.Tensor):
-            domains = (data.get('meta') or data).get('domains')
-            if domains is None or len(domains) != feats.shape[0]:
-                raise ValueError(f'{path}: per-domain text features of shape {tuple(feats.shape)} without a '
-                                 'matching `domains` list.')
-            feats = {d: feats[i] for i, d in enumerate(domains)}
-    return {str(k): torch.as_tensor(v, dtype=torch.float32).reshape(-1) for k, v in dict(feats).items()}
+    from mixcl_arch.clip import load_domain_text_features as read_store
+    return {str(k): torch.as_tensor(v, dtype=torch.float32).reshape(-1) for k, v in read_store(path).items()}
 
 
 class ConditionProvider:

@@ -22,6 +22,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(embed_dims=[8, 16, 16, 16, 8], depths=[1, 1, 1, 1, 1])
 
 
+@pytest.fixture(autouse=True)
+def clip_offline(monkeypatch):
+    """No hub probing: a missing CLIP tag must fail at once (the behaviour of an offline machine)."""
+    monkeypatch.setenv('MIXCL_CLIP_OFFLINE', '1')
+
+
+def _save_store(path, feats):
+    """A real feature store file holding only per-domain text features (no images)."""
+    from mixcl_arch.clip import FeatureStore
+    domains = list(feats)
+    FeatureStore({'domains': domains}, {'domain': torch.stack([feats[d] for d in domains])}).save(path)
+    return str(path)
+
+
 @pytest.fixture(autouse=True, scope='module')
 def one_thread():
     """The tiny nets are far faster single-threaded on a shared 2-core machine."""
@@ -284,8 +298,7 @@ def test_domain_fallback_uses_the_feature_store_text_feature(ckpts, tmp_path):
     paths, net, _ = ckpts
     torch.manual_seed(5)
     feats = {'indoor': torch.randn(512) * 3, 'outdoor': torch.randn(512) * 3}  # large: the random net barely reacts
-    store = str(tmp_path / 'store.pt')
-    torch.save({'domain_text': feats, 'domains': ['indoor', 'outdoor']}, store)
+    store = _save_store(tmp_path / 'store.pt', feats)
     x = torch.rand(1, 3, 40, 44)
     with pytest.warns(ConditioningFallbackWarning, match="domain 'outdoor'"):
         r = build_restorer('net', paths['basicsr'], clip={'pretrained': str(tmp_path / 'none.pt')},
@@ -376,9 +389,8 @@ def test_dcp_baseline_through_the_cli(tmp_path, capsys):
 
 def test_fallback_and_store_can_come_from_the_yaml(ckpts, tmp_path):
     paths, net, _ = ckpts
-    store = str(tmp_path / 'store.pt')
     vec = torch.randn(512) * 3
-    torch.save({'domain_text': {'indoor': vec, 'outdoor': -vec}, 'domains': ['indoor', 'outdoor']}, store)
+    store = _save_store(tmp_path / 'store.pt', {'indoor': vec, 'outdoor': -vec})
     opt = {'network_g': dict(type='MixCLDehazeNet', data_range='unit', **TINY),
            'clip': {'model': 'ViT-B-32', 'pretrained': str(tmp_path / 'absent.pt'),
                     'cond_fallback': {'domain': 'indoor'}, 'feature_store': store}}
@@ -493,3 +505,55 @@ def test_online_conditioning_wiring_computes_once_per_image(ckpts, monkeypatch):
     # K must match the net: two vectors for a one-vector network is refused at construction
     with pytest.raises(ValueError, match='conditioning vectors'):
         build_restorer('net', paths['basicsr'], opt=opt, cond_extra=['image'])
+
+
+TINY_CLIP_CFG = {
+    'embed_dim': 512,
+    'vision_cfg': {'image_size': 32, 'layers': 1, 'width': 32, 'head_width': 16, 'patch_size': 16},
+    'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 32, 'heads': 2, 'layers': 1},
+}
+
+
+@pytest.fixture(scope='module')
+def tiny_clip(tmp_path_factory):
+    """A tiny random open_clip model saved to a file, loaded through the same path as downloaded weights."""
+    import open_clip
+    from mixcl_arch.clip.weights import register_model_cfg
+    register_model_cfg('mixcl-test-tiny-clip-cli', TINY_CLIP_CFG)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = open_clip.create_model('mixcl-test-tiny-clip-cli')
+    path = tmp_path_factory.mktemp('clip') / 'tiny_clip.pt'
+    torch.save(model.state_dict(), path)
+    return {'model': 'mixcl-test-tiny-clip-cli', 'pretrained': str(path), 'model_cfg': TINY_CLIP_CFG}
+
+
+def test_online_clip_conditioning_with_a_real_tiny_clip(ckpts, tiny_clip, tmp_path, capsys):
+    from mixcl_arch.clip import CLIPPrior
+    paths, net, _ = ckpts
+    opt = {'clip': dict(tiny_clip, cond_mode='soft')}
+    yml = tmp_path / 'opt.yml'
+    yml.write_text(yaml.safe_dump(opt))
+    d = tmp_path / 'in'
+    d.mkdir()
+    rng = np.random.default_rng(4)
+    _write(d / 'a.png', rng.integers(0, 255, (36, 52, 3), dtype=np.uint8))
+    _write(d / 'b.png', np.full((30, 30, 3), 200, np.uint8))
+    out = tmp_path / 'out'
+    assert main(['-i', str(d), '-o', str(out), '--weights', paths['basicsr'], '--opt', str(yml)]) == 0
+    cap = capsys.readouterr()
+    assert 'note:' not in cap.err  # CLIP worked: no fallback
+    prior = CLIPPrior.from_opt(tiny_clip)
+    for name in ('a.png', 'b.png'):
+        x = torch.from_numpy(read_image(d / name)[0].transpose(2, 0, 1))[None]
+        with torch.no_grad():
+            ref = net(x, prior(x)['text_soft']).clamp(0, 1)[0].numpy().transpose(1, 2, 0)[:, :, ::-1]
+        got = cv2.imread(str(out / name)) / 255.0
+        assert np.abs(got - ref).max() <= 0.5 / 255 + 1e-6, name
+    # hard mode (CLI override) feeds the most likely domain's text feature instead
+    r = build_restorer('net', paths['basicsr'], opt=opt, cond_mode='hard')
+    x = torch.rand(1, 3, 40, 40)
+    with torch.no_grad():
+        text = prior.domain_text[prior(x)['probs'].argmax(1)]
+        assert torch.allclose(r(x), net(x, text).clamp(0, 1), atol=1e-6)

@@ -14,6 +14,8 @@ that ``mixcl_arch/train.py`` and ``mixcl_arch/test.py`` go through. Each fix say
    ``device_ids`` must be None.
 4. ``--local-rank``: ``torch.distributed.launch`` on current torch passes ``--local-rank=N`` while BasicSR's argparse
    only knows ``--local_rank``; :func:`normalize_argv` rewrites it (torchrun passes LOCAL_RANK in the environment).
+5. ``CUDAPrefetcher`` (basicsr.train): ``prefetch_mode: cuda`` creates a CUDA stream and fails without CUDA, so a
+   fast-path YAML could not run on a CPU machine. Without CUDA it falls back to BasicSR's CPUPrefetcher (logged).
 """
 import collections
 import os
@@ -113,8 +115,18 @@ def model_to_device(self, net):
     return net
 
 
+def cuda_prefetcher_or_cpu(loader, opt):
+    """Drop-in replacement of ``CUDAPrefetcher`` in basicsr.train: CPUPrefetcher when CUDA is absent (fix 5)."""
+    from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
+    if torch.cuda.is_available() and opt.get('num_gpu', 0) != 0:
+        return CUDAPrefetcher(loader, opt)
+    from basicsr.utils import get_root_logger
+    get_root_logger().info('prefetch_mode: cuda requested without CUDA: using the CPU prefetcher.')
+    return CPUPrefetcher(loader)
+
+
 def apply_basicsr_fixes():
-    """Install fixes 1-3 (idempotent). Call before ``train_pipeline`` / ``test_pipeline``."""
+    """Install fixes 1-5 (idempotent). Call before ``train_pipeline`` / ``test_pipeline``."""
     global _APPLIED
     if _APPLIED:
         return
@@ -123,6 +135,7 @@ def apply_basicsr_fixes():
     import basicsr.utils.options
     from basicsr.models.base_model import BaseModel
     basicsr.train.load_resume_state = load_resume_state
+    basicsr.train.CUDAPrefetcher = cuda_prefetcher_or_cpu
     basicsr.utils.options.init_dist = init_dist
     BaseModel.model_to_device = model_to_device
     _APPLIED = True

@@ -132,6 +132,9 @@ def _build(args):
                       feature_store=args.feature_store, tile=args.tile or None, tile_overlap=args.tile_overlap, amp=amp)
     else:
         kwargs = dict(kv.split('=', 1) for kv in args.param)
+        if args.method == 'dehazenet':  # its transmission net tiles too; A and refinement use the whole image
+            kwargs.setdefault('tile', args.tile)
+            kwargs.setdefault('tile_overlap', args.tile_overlap)
         if amp:
             print(f'note: --fp16/--bf16 only apply to --method net; ignored for {args.method}.', file=sys.stderr)
     with warnings.catch_warnings():  # main() prints the restorer's notes itself

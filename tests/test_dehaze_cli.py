@@ -557,3 +557,30 @@ def test_online_clip_conditioning_with_a_real_tiny_clip(ckpts, tiny_clip, tmp_pa
     with torch.no_grad():
         text = prior.domain_text[prior(x)['probs'].argmax(1)]
         assert torch.allclose(r(x), net(x, text).clamp(0, 1), atol=1e-6)
+
+
+def test_dehazenet_baseline_through_the_cli(tmp_path, capsys, monkeypatch):
+    from mixcl_arch.archs.dehazenet_arch import DehazeNet
+    import mixcl_arch.baselines.dehazenet as dehazenet_mod
+    torch.manual_seed(0)
+    weights = str(tmp_path / 'dehazenet.pth')
+    torch.save({'params': DehazeNet().state_dict()}, weights)
+    d = tmp_path / 'in'
+    d.mkdir()
+    _write(d / 'h.png', np.random.default_rng(0).integers(60, 230, (70, 90, 3), dtype=np.uint8))
+    seen = {}
+    real = dehazenet_mod.predict_transmission
+
+    def spy(net, x, tile=None, tile_overlap=32):
+        seen['tile'] = (tile, tile_overlap)
+        return real(net, x, tile, tile_overlap)
+
+    monkeypatch.setattr(dehazenet_mod, 'predict_transmission', spy)
+    assert main(['-i', str(d), '-o', str(tmp_path / 'o'), '--method', 'dehazenet', '--weights', weights,
+                 '--tile', '64', '--tile-overlap', '24', '--param', 't0=0.2']) == 0
+    assert seen['tile'] == (64, 24)  # the CLI's tiling options reach the baseline
+    s = _summary(capsys.readouterr().out)
+    assert s['method'] == 'dehazenet' and s['num_params'] == sum(p.numel() for p in DehazeNet().parameters())
+    assert cv2.imread(str(tmp_path / 'o' / 'h.png')).shape == (70, 90, 3)
+    assert main(['-i', str(d), '-o', str(tmp_path / 'p'), '--method', 'dehazenet']) == 1
+    assert '--weights' in capsys.readouterr().err

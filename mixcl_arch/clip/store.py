@@ -26,12 +26,14 @@ __all__ = ['FeatureStore', 'STORE_FORMAT', 'STORE_VERSION', 'load_domain_text_fe
 
 STORE_FORMAT = 'mixcl_clip_features'
 STORE_VERSION = 1
+_IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
 
 def image_key(rel_path):
     """Store key of an image: its path relative to the image folder, without extension, '/'-separated."""
     rel = str(rel_path).replace(os.sep, '/')
-    return os.path.splitext(rel)[0] if os.path.splitext(rel)[1] else rel
+    stem, ext = os.path.splitext(rel)
+    return stem if ext.lower() in _IMG_EXTENSIONS else rel
 
 
 def _as_list(value):
@@ -277,5 +279,31 @@ class FeatureStore:
 
 
 def load_domain_text_features(path):
-    """dict[str, Tensor]: domain -> (E,) text feature, read from a feature store file."""
-    return FeatureStore.load(path).domain_text_features()
+    """Per-domain text features from a feature store file.
+
+    Also accepts a minimal hand-made file ``{'domain_text': {domain: (E,)}}`` or ``{'domain_text': (D, E),
+    'domains': [...]}`` (e.g. a stand-in written without CLIP).
+
+    Returns:
+        dict[str, Tensor]: domain -> (E,) float32 text feature.
+
+    Raises:
+        FileNotFoundError: Missing file.
+        ValueError: A file without per-domain text features.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'Feature store not found: {path}')
+    data = torch.load(path, map_location='cpu', weights_only=True)
+    if isinstance(data, dict) and data.get('format') == STORE_FORMAT:
+        return FeatureStore.load(path).domain_text_features()
+    feats = data.get('domain_text') if isinstance(data, dict) else None
+    if isinstance(feats, torch.Tensor):
+        domains = data.get('domains') or (data.get('meta') or {}).get('domains')
+        if not domains or len(domains) != feats.shape[0]:
+            raise ValueError(f'{path}: domain_text of shape {tuple(feats.shape)} without a matching `domains` list.')
+        feats = {d: feats[i] for i, d in enumerate(domains)}
+    if not isinstance(feats, dict) or not feats:
+        raise ValueError(f'{path}: no per-domain text features (expected a feature store from '
+                         'scripts/extract_clip_features.py or a dict with `domain_text`).')
+    return {str(k): torch.as_tensor(v, dtype=torch.float32).reshape(-1) for k, v in feats.items()}

@@ -98,7 +98,7 @@ def _infer_fusion_opts(state):
     }
 
 
-def build_net_from_checkpoint(weights, opt=None, param_key=None, strict=True):
+def build_net_from_checkpoint(weights, opt=None, param_key=None, strict=None):
     """Build a network and load its weights.
 
     Args:
@@ -109,7 +109,7 @@ def build_net_from_checkpoint(weights, opt=None, param_key=None, strict=True):
             depths, number of conditioning vectors, fusion sizes; built with ``data_range='unit'``.
         param_key (str | None): Preferred weights key; None -> ``opt['path']['param_key_g']`` or 'params_ema'
             (falls back to 'params', then 'state_dict').
-        strict (bool): Require an exact key match.
+        strict (bool | None): Require an exact key match; None -> ``opt['path']['strict_load_g']``, default True.
 
     Returns:
         tuple[nn.Module, dict]: The network in eval mode on CPU, and the network options used.
@@ -120,6 +120,8 @@ def build_net_from_checkpoint(weights, opt=None, param_key=None, strict=True):
     if not weights:
         raise ValueError('No network weights given: pass --weights FILE (or set path.pretrain_network_g in the YAML).')
     param_key = param_key or path_opt.get('param_key_g') or 'params_ema'
+    if strict is None:
+        strict = path_opt.get('strict_load_g', True) is not False
     state = extract_state_dict(load_checkpoint_file(weights), param_key, weights)
     if opt.get('network_g'):
         from basicsr.archs import build_network
@@ -365,7 +367,7 @@ def build_restorer(method, weights=None, opt=None, device='cpu', **kwargs):
             - ``tile`` (int | None), ``tile_overlap`` (int, default 32): tiled inference; ``tile_align`` (int):
               tile grid, default the net's ``tile_align`` or ``patch_size`` attribute (4 for MixDehazeNet), else 1.
             - ``amp`` (None | 'fp16' | 'bf16'): autocast dtype.
-            - ``strict`` (bool, default True): exact checkpoint key match.
+            - ``strict`` (bool): exact checkpoint key match (default ``path.strict_load_g``, else True).
 
     Returns:
         A callable restorer: (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1], with ``name``, ``num_params``,
@@ -396,7 +398,7 @@ def build_restorer(method, weights=None, opt=None, device='cpu', **kwargs):
     if unknown:
         raise ValueError(f"Unknown options for method 'net': {sorted(unknown)}; allowed: {sorted(allowed)}.")
     opt = load_options(opt)
-    net, net_opt = build_net_from_checkpoint(weights, opt, kwargs.get('param_key'), kwargs.get('strict', True))
+    net, net_opt = build_net_from_checkpoint(weights, opt, kwargs.get('param_key'), kwargs.get('strict'))
     cond = None
     num_cond = int(getattr(net, 'num_cond', 0) or 0)
     if num_cond > 0:

@@ -88,7 +88,17 @@ else
   say "NOTE: no CLIP weights are available offline. The network is conditioned on a clearly labelled stand-in:"
   echo "      the oracle domain label (indoor/outdoor) of each image from data/*/meta.csv, not on CLIP's zero-shot"
   echo "      prediction. Set MIXCL_CLIP_WEIGHTS=/path/to/ViT-B-32.pt to use real CLIP features."
-  CLI_COND=(--cond-fallback indoor --feature-store "$OUT/data/train/oracle_features.pt")
+  # the CLI has no labels: give it the held-out split's (single) oracle domain and the dataset's stand-in vectors
+  TEST_DOMAIN=$("$PY" - "$OUT/data/test/meta.csv" <<'EOF'
+import csv, sys
+doms = sorted({r['domain'] for r in csv.DictReader(open(sys.argv[1]))})
+if len(doms) != 1:
+    sys.exit(f'the demo expects one domain in {sys.argv[1]}, found {doms}')
+print(doms[0])
+EOF
+)
+  "$PY" scripts/make_demo_data.py --standin-store "$OUT/data/oracle_standin_features.pt"
+  CLI_COND=(--cond-fallback "$TEST_DOMAIN" --feature-store "$OUT/data/oracle_standin_features.pt")
 fi
 
 say "3/5 training MixCLDehazeNet-T: python mixcl_arch/train.py -opt $OPT (log: $OUT/experiments/$NAME)"

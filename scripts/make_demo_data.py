@@ -64,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--report', metavar='DEHAZED_DIR', default=None, help='report mode: folder of dehazed test images')
     p.add_argument('--report-out', default=None, help='report mode: where comparison.png and metrics.json go')
+    p.add_argument('--standin-store', metavar='FILE', default=None,
+                   help='only write FILE with the oracle stand-in per-domain vectors the dataset uses without a '
+                   'feature store (for the inference CLI\'s --feature-store); NOT CLIP features')
     return p.parse_args(argv)
 
 
@@ -149,8 +152,20 @@ def report(data_root, dehazed_dir, out_dir):
     return result
 
 
+def write_standin_store(path, domains=('indoor', 'outdoor')):
+    """Save the dataset's oracle stand-in vectors as ``{'domain_text': {domain: (512,)}}`` (atomically)."""
+    from mixcl_arch.data.clip_data_util import standin_text_feature
+    from mixcl_arch.utils.checkpoint import atomic_torch_save
+    feats = {d: standin_text_feature(d) for d in domains}
+    atomic_torch_save({'domain_text': feats, 'domains': list(domains),
+                       'note': 'oracle stand-in (seeded random unit vectors per domain), NOT CLIP features'}, path)
+    return feats
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.standin_store:
+        return write_standin_store(args.standin_store)
     if args.report:
         return report(args.out, args.report, args.report_out or osp.dirname(osp.abspath(args.report)))
     holdout = [h.strip() for h in args.holdout.split(',') if h.strip()]

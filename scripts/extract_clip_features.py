@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""Compute the CLIP conditioning of every hazy image of a dataset into a feature store (one file per split).
+
+Input: an image folder (recursive), a BasicSR LMDB (``*.lmdb`` with meta_info.txt), optionally restricted to the hazy
+images of a pair CSV (``--meta-file``). Images go through open_clip's own eval transform (PIL path). Output: a
+:class:`mixcl_arch.clip.FeatureStore` keyed by the image path relative to the folder without extension (the LMDB key),
+with its provenance. A re-run skips names already in the store (after checking the store was made with the same
+CLIP options); the store is rewritten atomically every ``--save-every`` batches and at the end. Prints one JSON
+summary per store (images per domain, mean confidence, speed).
+
+Examples::
+
+    # every dataset of an options file that names a feature_store (clip: section gives model / weights / prompts)
+    python scripts/extract_clip_features.py -opt options/train/train_MixCLDehazeNet_S_RESIDE6K.yml
+    # one folder, weights from a local file
+    python scripts/extract_clip_features.py --dataroot datasets/RESIDE-6K/train/hazy \\
+        --out datasets/RESIDE-6K/clip_ViT-B-32_train.pt --model ViT-B-32 --pretrained /path/to/ViT-B-32.pt
+    # extra prompt set and an LMDB
+    python scripts/extract_clip_features.py --dataroot datasets/RESIDE-6K/train/hazy.lmdb --out f.pt \\
+        --prompt-set density=thin haze,moderate haze,dense haze
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import mixcl_arch  # noqa: E402,F401  (before basicsr)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument('-opt', '--opt', help='options YAML: its clip: section, and (without --dataroot) every dataset '
+                   'with a feature_store')
+    p.add_argument('--dataroot', help='hazy image folder or .lmdb folder')
+    p.add_argument('--meta-file', help='pair CSV (hazy,gt,...): only its hazy images')
+    p.add_argument('--out', help='feature store file (default: <parent of dataroot>/clip_<model>_<split>.pt)')
+    p.add_argument('--model', help='open_clip model name (clip.model)')
+    p.add_argument('--pretrained', help='open_clip tag or local weights file (clip.pretrained)')
+    p.add_argument('--model-cfg', help='JSON file with an open_clip model config (clip.model_cfg)')
+    p.add_argument('--domains', nargs='+', help='primary classes (clip.domains)')
+    p.add_argument('--templates', nargs='+', help='prompt templates with {} (clip.templates)')
+    p.add_argument('--prompt-set', action='append', default=[], metavar='NAME=CLASS,CLASS,...',
+                   help='extra prompt set (clip.prompt_sets), repeatable')
+    p.add_argument('--quick-gelu', choices=['auto', 'true', 'false'], default=None, help='clip.quick_gelu')
+    p.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
+    p.add_argument('--dtype', default=None, help='fp32 | fp16 | bf16 (clip.dtype)')
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--num-workers', type=int, default=2, help='image decoding workers')
+    p.add_argument('--save-every', type=int, default=50, help='rewrite the store every N batches (resumable)')
+    p.add_argument('--overwrite', action='store_true', help='start over instead of resuming an existing store')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    return p.parse_args(argv)
+
+
+def clip_options(args, opt):
+    """The CLIPPrior options: the YAML's clip: section overridden by the command line."""
+    from mixcl_arch.clip import COND_OPTION_KEYS
+    clip = {k: v for k, v in dict((opt or {}).get('clip') or {}).items() if k not in COND_OPTION_KEYS}
+    if args.model:
+        clip['model'] = args.model
+    if args.pretrained:
+        clip['pretrained'] = args.pretrained
+    if args.model_cfg:
+        with open(args.model_cfg) as f:
+            clip['model_cfg'] = json.load(f)
+    if args.domains:
+        clip['domains'] = args.domains
+    if args.templates:
+        clip['templates'] = args.templates
+    if args.prompt_set:
+        sets = dict(clip.get('prompt_sets') or {})
+        for spec in args.prompt_set:
+            name, sep, classes = spec.partition('=')
+            if not sep or not classes:
+                raise ValueError(f'--prompt-set {spec!r}: expected NAME=CLASS,CLASS,...')
+            sets[name.strip()] = [c.strip() for c in classes.split(',') if c.strip()]
+        clip['prompt_sets'] = sets
+    if args.quick_gelu:
+        clip['quick_gelu'] = None if args.quick_gelu == 'auto' else args.quick_gelu == 'true'
+    if args.dtype:
+        clip['dtype'] = args.dtype
+    clip['device'] = args.device
+    clip.setdefault('model', 'ViT-B-32')
+    clip.setdefault('pretrained', 'openai')
+    return clip
+
+
+def is_lmdb(path):
+    return osp.isfile(osp.join(path, 'data.mdb')) and osp.isfile(osp.join(path, 'meta_info.txt'))
+
+
+def list_keys(dataroot, meta_file=None):
+    """[(key, name)]: store key and the name to read (relative path on disk, key in an LMDB)."""
+    from mixcl_arch.clip import image_key
+    from mixcl_arch.data.clip_data_util import read_pair_csv, scan_images, strip_ext
+    lmdb = is_lmdb(dataroot)
+    if lmdb:
+        from mixcl_arch.utils.lmdb_tools import read_meta_info
+        avail = [k for k, _, _ in read_meta_info(dataroot)]
+    else:
+        avail = scan_images(dataroot) if not meta_file else None
+    if meta_file:
+        names = [r['hazy'].replace(os.sep, '/') for r in read_pair_csv(meta_file)]
+        names = list(dict.fromkeys(strip_ext(n) if lmdb else n for n in names))
+        if lmdb:
+            have = set(avail)
+            missing = [n for n in names if n not in have]
+        else:
+            missing = [n for n in names if not osp.isfile(osp.join(dataroot, n))]
+        if missing:
+            raise FileNotFoundError(f'{meta_file}: {len(missing)} hazy image(s) not in {dataroot}, e.g. {missing[:5]}')
+        avail = names
+    if not avail:
+        raise ValueError(f'No images in {dataroot}.')
+    return [(k if lmdb else image_key(k), k) for k in avail], lmdb
+
+
+class _Images:
+    """Decoded, preprocessed images for the DataLoader (LMDB opened lazily per worker)."""
+
+    def __init__(self, root, items, lmdb, preprocess):
+        self.root, self.items, self.lmdb, self.preprocess = root, items, lmdb, preprocess
+        self.env = None
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        import numpy as np
+        from PIL import Image
+
+        from mixcl_arch.data.clip_data_util import decode_image
+        key, name = self.items[i]
+        if self.lmdb:
+            if self.env is None:
+                import lmdb
+                self.env = lmdb.open(self.root, readonly=True, lock=False, readahead=False, meminit=False)
+            with self.env.begin(write=False) as txn:
+                buf = txn.get(name.encode('ascii'))
+            if buf is None:
+                raise KeyError(f'{name} not in {self.root}')
+        else:
+            with open(osp.join(self.root, name), 'rb') as f:
+                buf = f.read()
+        img = decode_image(buf, osp.join(self.root, name))
+        pil = Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
+        return key, self.preprocess(pil)
+
+
+def _collate(batch):
+    import torch
+    return [k for k, _ in batch], torch.stack([x for _, x in batch])
+
+
+def same_provenance(a, b):
+    keys = ('model', 'pretrained_kind', 'pretrained_sha256', 'quick_gelu', 'model_cfg', 'domains', 'templates',
+            'prompt_sets', 'embed_dim', 'logit_scale')
+    diffs = [k for k in keys if a.get(k) != b.get(k)]
+    if a.get('pretrained_kind') == 'tag' and a.get('pretrained') != b.get('pretrained'):
+        diffs.append('pretrained')
+    return diffs
+
+
+def extract(prior, dataroot, out, meta_file=None, batch_size=64, num_workers=2, save_every=50, overwrite=False,
+            progress=True):
+    """Fill (or complete) the feature store ``out`` for ``dataroot``; returns the summary dict."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from mixcl_arch.clip import FeatureStore
+    t0 = time.time()
+    items, lmdb = list_keys(dataroot, meta_file)
+    if osp.isfile(out) and not overwrite:
+        store = FeatureStore.load(out)
+        diffs = same_provenance(store.meta, prior.provenance())
+        if diffs:
+            raise ValueError(f'{out} was made with other CLIP options ({", ".join(diffs)}); pass --overwrite to '
+                             'start over, or another --out.')
+    else:
+        store = FeatureStore.from_prior(prior)
+    todo = [it for it in items if it[0] not in store]
+    loader = DataLoader(_Images(dataroot, todo, lmdb, prior.preprocess), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers if todo else 0, collate_fn=_collate,
+                        pin_memory=prior.device.type == 'cuda')
+    t1 = time.time()
+    with torch.no_grad():
+        for i, (keys, pixels) in enumerate(tqdm(loader, desc=f'CLIP {osp.basename(out)}', disable=not progress,
+                                                unit='batch')):
+            store.add(keys, prior.from_pixels(pixels))
+            if save_every and (i + 1) % save_every == 0:
+                store.save(out)
+    if todo or not osp.isfile(out):
+        store.save(out)
+    dt = time.time() - t1
+    summary = {'out': out, 'dataroot': dataroot, 'backend': 'lmdb' if lmdb else 'disk', 'new': len(todo),
+               'skipped': len(items) - len(todo), **store.summary(), 'device': str(prior.device),
+               'img_per_s': round(len(todo) / dt, 2) if todo and dt > 0 else None, 'seconds': round(time.time() - t0, 2)}
+    return summary
+
+
+def jobs_from(args, opt, model):
+    split_name = lambda root: osp.basename(osp.dirname(osp.abspath(root.rstrip('/'))))  # noqa: E731
+    if args.dataroot:
+        out = args.out or osp.join(osp.dirname(osp.dirname(osp.abspath(args.dataroot.rstrip('/')))),
+                                   f"clip_{model}_{split_name(args.dataroot)}.pt")
+        return [(args.dataroot, out, args.meta_file)]
+    jobs = []
+    for ds in ((opt or {}).get('datasets') or {}).values():
+        if isinstance(ds, dict) and ds.get('feature_store') and ds.get('dataroot_lq'):
+            jobs.append((ds['dataroot_lq'], ds['feature_store'], args.meta_file or ds.get('meta_file')))
+    if not jobs:
+        raise ValueError('Nothing to do: give --dataroot, or -opt with datasets that set dataroot_lq and '
+                         'feature_store.')
+    return jobs
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    opt = None
+    if args.opt:
+        import yaml
+        if not osp.isfile(args.opt):
+            raise FileNotFoundError(f'Options file not found: {args.opt}')
+        with open(args.opt) as f:
+            opt = yaml.safe_load(f)
+    from mixcl_arch.clip import CLIPPrior, CLIPWeightsError
+    clip = clip_options(args, opt)
+    jobs = jobs_from(args, opt, str(clip['model']).replace('/', '-'))
+    for root, _, meta in jobs:  # fail on bad input before loading CLIP
+        list_keys(root, meta)
+    try:
+        prior = CLIPPrior.from_opt(clip)
+    except CLIPWeightsError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    summaries = []
+    for root, out, meta in jobs:
+        s = extract(prior, root, out, meta, args.batch_size, args.num_workers, args.save_every, args.overwrite,
+                    progress=not args.quiet)
+        print(json.dumps(s), flush=True)
+        summaries.append(s)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -102,7 +102,7 @@ def list_keys(dataroot, meta_file=None):
     lmdb = is_lmdb(dataroot)
     if lmdb:
         from mixcl_arch.utils.lmdb_tools import read_meta_info
-        avail = [k for k, _, _ in read_meta_info(dataroot)]
+        avail = [strip_ext(k) for k, _, _ in read_meta_info(dataroot)]  # BasicSR's writer lists 'key.png'
     else:
         avail = scan_images(dataroot) if not meta_file else None
     if meta_file:

@@ -43,7 +43,8 @@ class CLIPPairedImageDataset(data.Dataset):
             - dataroot_lq (str): hazy folder, or ``.lmdb`` folder with io_backend lmdb. Required.
             - dataroot_gt (str | None): clear folder / ``.lmdb``. Required for phase 'train'; without it items have
               no 'gt' / 'gt_path'.
-            - io_backend (dict): ``{type: disk}`` (default) or ``{type: lmdb}``; opened lazily in each worker.
+            - io_backend (dict): ``{type: disk}`` (default, BasicSR FileClient) or ``{type: lmdb}`` (opened lazily,
+              one read-only environment per database and process, shared by all datasets and forked workers).
             - phase (str): 'train' (random crops + augmentation) or anything else (test: full image or centre crop).
               BasicSR sets it from the datasets key.
             - meta_file (str | None): Pair CSV (see above); needed by ``cond_source: oracle``.
@@ -120,7 +121,8 @@ class CLIPPairedImageDataset(data.Dataset):
         from mixcl_arch.utils.lmdb_tools import read_meta_info
         if not osp.isfile(osp.join(folder, 'meta_info.txt')):
             raise FileNotFoundError(f'{folder}: not a BasicSR LMDB (no meta_info.txt).')
-        return {key: (shape[0], shape[1]) for key, shape, _ in read_meta_info(folder)}
+        # BasicSR's own writer lists 'key.png' while the stored key has no extension
+        return {strip_ext(key): (shape[0], shape[1]) for key, shape, _ in read_meta_info(folder)}
 
     def _build_pairs(self):
         opt = self.opt
@@ -339,16 +341,13 @@ class CLIPPairedImageDataset(data.Dataset):
 
     # --------------------------------------------------------------------------------------------------- items
     def _read_bytes(self, folder, name, client_key):
+        if self.backend == 'lmdb':
+            # py-lmdb refuses a second environment on one path in a process (BasicSR's FileClient then fails when
+            # two datasets share a database, or after a fork); one read-only env per path is shared instead
+            with lmdb_env(folder).begin(write=False) as txn:
+                return txn.get(name.encode('ascii'))
         if self.file_client is None:
-            if self.backend == 'lmdb':
-                opt = dict(self.io_backend_opt)
-                opt.pop('type', None)
-                folders, keys = [self.lq_folder], ['lq']
-                if self.gt_folder:
-                    folders, keys = folders + [self.gt_folder], keys + ['gt']
-                self.file_client = FileClient('lmdb', db_paths=folders, client_keys=keys, **opt)
-            else:
-                self.file_client = FileClient('disk')
+            self.file_client = FileClient('disk')
         return self.file_client.get(self._path(folder, name), client_key)
 
     def _load(self, folder, name, client_key):
@@ -392,6 +391,18 @@ class CLIPPairedImageDataset(data.Dataset):
 
     def __len__(self):
         return len(self.pairs)
+
+
+_LMDB_ENVS = {}
+
+
+def lmdb_env(path):
+    """Process-wide read-only environment of an LMDB folder (opened on first use, lock-free like BasicSR's)."""
+    import lmdb
+    key = osp.realpath(path)
+    if key not in _LMDB_ENVS:
+        _LMDB_ENVS[key] = lmdb.open(key, readonly=True, lock=False, readahead=False, meminit=False)
+    return _LMDB_ENVS[key]
 
 
 def _to_tensor(img):

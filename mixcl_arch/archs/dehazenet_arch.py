@@ -3,27 +3,26 @@
 The network predicts the medium transmission t of a hazy image; the clear image is recovered outside the network
 (:mod:`mixcl_arch.baselines.dehazenet`).
 
-Padding. The paper trains on 16x16 patches with valid convolutions (16x16 patch -> one t value). Here the default
-``padding='same'`` pads every layer so that the output has the input's size on any H x W:
+Padding. The paper trains on 16x16 patches with valid convolutions (a 16x16 patch -> one t value; the multi-scale
+convolutions zero pad inside the patch). That layout cannot be slid over a full image and give the same values: on a
+full image the multi-scale convolutions see real neighbours where the patch saw zeros. Here every layer pads so
+that the output has the input's size on any H x W, and training uses exactly the same function:
 
 - the 5x5 convolution and the three multi-scale convolutions pad by k // 2 with reflect padding;
-- the 7x7 max pool pads by 3 with -inf (PyTorch's pool padding), i.e. the window is clipped at the border;
+- the 7x7 max pool pads by 3 with -inf (PyTorch's pool padding), i.e. the window is clipped at the border
+  (computed as a 1x7 then a 7x1 pool, which gives the same maxima);
 - the 6x6 convolution has no centre: it pads 2 rows/columns before and 3 after (reflect), so output pixel (i, j)
-  sees input rows i-2 .. i+3.
+  sees rows i-2 .. i+3 of its input.
 
-Training then uses the same function as inference: a 16x16 patch synthesised with one constant t gets a 16x16 map
-of targets (every pixel regresses the patch's t), so each patch gives 256 regression targets instead of one and no
-second code path is needed for full images. ``padding='valid'`` keeps the paper's layout (output shrinks by 15:
-16x16 -> 1x1; the multi-scale convolutions keep their size-preserving zero padding as in the released model) for
-training on patches exactly as the paper; :meth:`DehazeNet.forward_full` then runs it on a full image by reflect
-padding the input by 7 before / 8 after, which gives a map of the input's size.
+A 16x16 training patch synthesised with one constant t gets a 16x16 map of targets (every pixel regresses the
+patch's t, the paper's locally constant transmission assumption), so each patch gives 256 targets instead of one and
+the network that is trained is the network that runs on full images. The receptive field is 22x22 pixels; pixels
+near a patch border see reflected content in training, like pixels near the image border at inference.
 """
 import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
-
-DEHAZENET_PADDINGS = ('same', 'valid')
 
 
 class Maxout(nn.Module):
@@ -79,7 +78,7 @@ class BReLU(nn.Module):
 class DehazeNet(nn.Module):
     """DehazeNet transmission estimator (8,305 parameters with the default sizes).
 
-    Layers (channels; "same" padding as described in the module docstring)::
+    Layers (channels; size-preserving padding as described in the module docstring)::
 
         feature extraction   conv 5x5, 3 -> 16, then Maxout over 4 groups -> 4 maps         1,216 params
         multi-scale mapping  conv 3x3 / 5x5 / 7x7, 4 -> 16 each, concatenated -> 48 maps   5,360 params
@@ -89,8 +88,6 @@ class DehazeNet(nn.Module):
     The paper has no non-linearity after the multi-scale convolutions; none is added here.
 
     Args:
-        padding (str): 'same' (default, output size = input size, used for training and inference) or 'valid'
-            (the paper's 16x16 -> 1x1 layout, output shrinks by 15 pixels).
         num_features (int): Filters of the first convolution (16).
         maxout_groups (int): Maps after Maxout (4).
         multiscale_features (int): Filters of each multi-scale convolution (16).
@@ -105,26 +102,22 @@ class DehazeNet(nn.Module):
     Attributes:
         num_cond (int): 0, unconditioned (models call ``net(lq)``).
         cond_dim (int): 512, for interface compatibility.
-        shrink (int): Pixels lost per axis ('same': 0, 'valid': 15).
 
     Shapes:
-        forward(x): (B, 3, H, W) hazy in [0, 1] -> t (B, 1, H, W) in [0, 1] ('valid': (B, 1, H - 15, W - 15)).
+        forward(x): (B, 3, H, W) hazy in [0, 1] -> t (B, 1, H, W) in [0, 1], any H, W >= 1.
     """
     num_cond = 0
     cond_dim = 512
 
-    def __init__(self, padding='same', num_features=16, maxout_groups=4, multiscale_features=16, pool_size=7,
+    def __init__(self, num_features=16, maxout_groups=4, multiscale_features=16, pool_size=7,
                  regress_size=6, t_min=0.0, t_max=1.0, init_std=None):
         super().__init__()
-        if padding not in DEHAZENET_PADDINGS:
-            raise ValueError(f'DehazeNet padding must be one of {DEHAZENET_PADDINGS}, got {padding!r}.')
         if num_features % maxout_groups:
             raise ValueError(f'DehazeNet num_features ({num_features}) must be a multiple of maxout_groups '
                              f'({maxout_groups}).')
         if pool_size < 1 or pool_size % 2 == 0 or regress_size < 1:
             raise ValueError(f'DehazeNet needs an odd pool_size >= 1 and regress_size >= 1, got {pool_size}, '
                              f'{regress_size}.')
-        self.padding = padding
         self.pool_size = int(pool_size)
         self.regress_size = int(regress_size)
         self.conv1 = nn.Conv2d(3, num_features, 5)
@@ -132,7 +125,6 @@ class DehazeNet(nn.Module):
         self.ms_convs = nn.ModuleList(nn.Conv2d(maxout_groups, multiscale_features, k) for k in (3, 5, 7))
         self.conv_regress = nn.Conv2d(3 * multiscale_features, 1, regress_size)
         self.brelu = BReLU(t_min, t_max)
-        self.shrink = 0 if padding == 'same' else 4 + (self.pool_size - 1) + (self.regress_size - 1)
         if init_std is not None:
             for m in self.modules():
                 if isinstance(m, nn.Conv2d):
@@ -141,7 +133,7 @@ class DehazeNet(nn.Module):
         nn.init.constant_(self.conv_regress.bias, 0.5 * (float(t_min) + float(t_max)))
 
     def _pad(self, x, before, after):
-        if self.padding == 'valid' or before + after == 0:
+        if before + after == 0:
             return x
         # reflect needs the padding < the size; tiny inputs (< 4 px) fall back to replicate
         mode = 'reflect' if min(x.shape[-2:]) > max(before, after) else 'replicate'
@@ -150,36 +142,12 @@ class DehazeNet(nn.Module):
     def forward(self, x):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f'DehazeNet expects a (B, 3, H, W) input, got {tuple(x.shape)}.')
-        if self.padding == 'valid' and min(x.shape[-2:]) <= self.shrink:
-            raise ValueError(f"DehazeNet(padding='valid') needs inputs larger than {self.shrink}x{self.shrink} "
-                             f'(16x16 patches -> 1x1), got {tuple(x.shape)}; use forward_full for full images.')
         feat = self.maxout(self.conv1(self._pad(x, 2, 2)))
-        feat = torch.cat([conv(self._ms_pad(feat, conv.kernel_size[0] // 2)) for conv in self.ms_convs], dim=1)
-        r = self.pool_size // 2
-        feat = F.max_pool2d(feat, self.pool_size, stride=1, padding=r if self.padding == 'same' else 0)
+        feat = torch.cat([conv(self._pad(feat, conv.kernel_size[0] // 2, conv.kernel_size[0] // 2))
+                          for conv in self.ms_convs], dim=1)
+        # the 7x7 max is separable: a 1x7 then a 7x1 max pool (14 instead of 49 comparisons per output, same result)
+        k, r = self.pool_size, self.pool_size // 2
+        feat = F.max_pool2d(F.max_pool2d(feat, (1, k), 1, (0, r)), (k, 1), 1, (r, 0))
         k = self.regress_size
         feat = self._pad(feat, (k - 1) // 2, k // 2)
         return self.brelu(self.conv_regress(feat))
-
-    def _ms_pad(self, x, p):
-        if self.padding == 'same':
-            return self._pad(x, p, p)
-        return F.pad(x, (p, p, p, p))  # zero padding inside the patch, as the released valid-mode model
-
-    def forward_full(self, x):
-        """Transmission map of the input's size whatever the padding mode.
-
-        Args:
-            x (Tensor): (B, 3, H, W) hazy image in [0, 1].
-
-        Returns:
-            Tensor: (B, 1, H, W) transmission in [0, 1]. 'valid' nets get the input reflect-padded by
-            shrink // 2 before and shrink - shrink // 2 after (7 / 8), so pixel (i, j) is the t of the 16x16 patch
-            whose centre is (i, j) (rows i-7 .. i+8).
-        """
-        if self.padding == 'same':
-            return self(x)
-        before = self.shrink // 2
-        after = self.shrink - before
-        mode = 'reflect' if min(x.shape[-2:]) > after else 'replicate'
-        return self(F.pad(x, (before, after, before, after), mode=mode))

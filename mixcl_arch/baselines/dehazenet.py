@@ -126,11 +126,11 @@ def dehazenet_recover(x, t, top_ratio=0.01, atmo_mode='grey', a_min=0.05, refine
 
 
 def predict_transmission(net, x, tile=None, tile_overlap=32):
-    """DehazeNet's transmission map of the input's size (any padding mode), optionally on tiles.
+    """DehazeNet's transmission map of the input's size, optionally computed on overlapping tiles.
 
     Args:
         net (nn.Module): A :class:`mixcl_arch.archs.dehazenet_arch.DehazeNet` (or any net mapping (B, 3, H, W) to
-            (B, 1, H, W); ``forward_full`` is used when present).
+            (B, 1, H, W)).
         x (Tensor): (B, 3, H, W) in [0, 1], on the net's device.
         tile (int | None): Tile size (None / 0: whole image).
         tile_overlap (int): Tile overlap in pixels (>= 22, the receptive field, gives a seamless map).
@@ -138,11 +138,10 @@ def predict_transmission(net, x, tile=None, tile_overlap=32):
     Returns:
         Tensor: (B, 1, H, W).
     """
-    fn = getattr(net, 'forward_full', net)
     if not tile:
-        return fn(x)
+        return net(x)
     from mixcl_arch.utils.tiling import tiled_forward
-    return tiled_forward(fn, x, tile=int(tile), overlap=int(tile_overlap), out_channels=1)
+    return tiled_forward(net, x, tile=int(tile), overlap=int(tile_overlap), out_channels=1)
 
 
 def load_dehazenet(weights, param_key='params', strict=True, **net_opt):
@@ -152,7 +151,7 @@ def load_dehazenet(weights, param_key='params', strict=True, **net_opt):
         weights (str): Checkpoint, e.g. ``experiments/DehazeNet_demo/models/net_g_latest.pth``.
         param_key (str): Preferred key ('params'; 'params_ema' and bare state dicts are found too).
         strict (bool): Require an exact key match.
-        **net_opt: DehazeNet arguments (e.g. ``padding='valid'``) matching how the weights were trained.
+        **net_opt: DehazeNet arguments (layer sizes) matching how the weights were trained.
 
     Raises:
         ValueError: No weights given, or keys/shapes that do not fit. FileNotFoundError: missing file.
@@ -178,8 +177,7 @@ class DehazeNetRestorer:
         weights (str): Trained DehazeNet checkpoint (BasicSR ``params`` / ``params_ema`` or a bare state dict).
         device (str | torch.device): 'cpu', 'cuda', 'cuda:1' or 'auto'. Inputs are moved there and back.
         **params: Recovery options (:data:`DEHAZENET_RECOVERY_DEFAULTS`: top_ratio, atmo_mode, a_min, refine,
-            gf_radius, gf_eps, t0, clamp), and ``padding`` ('same' | 'valid', how the weights were trained),
-            ``param_key`` ('params'), ``tile`` (0 = whole image) and ``tile_overlap`` (32). Strings such as '0.05'
+            gf_radius, gf_eps, t0, clamp), and ``param_key`` ('params'), ``tile`` (0 = whole image) and ``tile_overlap`` (32). Strings such as '0.05'
             are accepted (CLI parsing).
 
     Attributes:
@@ -191,7 +189,7 @@ class DehazeNetRestorer:
     """
 
     name = 'dehazenet'
-    EXTRA_KEYS = ('padding', 'param_key', 'tile', 'tile_overlap')
+    EXTRA_KEYS = ('param_key', 'tile', 'tile_overlap')
 
     def __init__(self, weights=None, device='cpu', **params):
         unknown = sorted(set(params) - set(DEHAZENET_RECOVERY_DEFAULTS) - set(self.EXTRA_KEYS))
@@ -208,8 +206,7 @@ class DehazeNetRestorer:
         self.device = torch.device(device)
         if self.device.type == 'cuda' and not torch.cuda.is_available():
             raise ValueError(f'DehazeNet device {self.device} requested but CUDA is not available.')
-        self.net = load_dehazenet(weights, param_key=params.get('param_key') or 'params',
-                                  padding=params.get('padding') or 'same').to(self.device)
+        self.net = load_dehazenet(weights, param_key=params.get('param_key') or 'params').to(self.device)
         self.num_params = sum(p.numel() for p in self.net.parameters())
 
     @torch.no_grad()

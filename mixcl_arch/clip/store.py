@@ -133,7 +133,7 @@ class FeatureStore:
         return {d: self.domain_text[i] for i, d in enumerate(self.domains)}
 
     def __len__(self):
-        return len(self.names)
+        return len(self.index)
 
     def __contains__(self, name):
         return name in self.index

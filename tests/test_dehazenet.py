@@ -259,8 +259,8 @@ def test_restorer_errors(tmp_path):
 def _transmission_mse(net, folder, n=64, seed=123):
     """MSE of t on a fixed set of synthetic patches (same recipe as the dataset, own RNG)."""
     rng = np.random.default_rng(seed)
-    imgs = [cv2.imread(p)[..., ::-1].astype(np.float32) / 255 for p in sorted(glob.glob(os.path.join(folder,
-                                                                                                      '*.png')))]
+    files = sorted(glob.glob(os.path.join(folder, '*.png')))
+    imgs = [cv2.imread(p)[..., ::-1].astype(np.float32) / 255 for p in files]
     xs, ts = [], []
     for i in range(n):
         img = imgs[i % len(imgs)]

@@ -177,8 +177,8 @@ class DehazeNetRestorer:
         weights (str): Trained DehazeNet checkpoint (BasicSR ``params`` / ``params_ema`` or a bare state dict).
         device (str | torch.device): 'cpu', 'cuda', 'cuda:1' or 'auto'. Inputs are moved there and back.
         **params: Recovery options (:data:`DEHAZENET_RECOVERY_DEFAULTS`: top_ratio, atmo_mode, a_min, refine,
-            gf_radius, gf_eps, t0, clamp), and ``param_key`` ('params'), ``tile`` (0 = whole image) and ``tile_overlap`` (32). Strings such as '0.05'
-            are accepted (CLI parsing).
+            gf_radius, gf_eps, t0, clamp), and ``param_key`` ('params'), ``tile`` (0 = whole image) and
+            ``tile_overlap`` (32). Strings such as '0.05' are accepted (CLI parsing).
 
     Attributes:
         name (str): 'dehazenet'. num_params (int): 8305 with the default sizes. net (nn.Module): the DehazeNet.

@@ -201,7 +201,8 @@ def extract(prior, dataroot, out, meta_file=None, batch_size=64, num_workers=2, 
     dt = time.time() - t1
     summary = {'out': out, 'dataroot': dataroot, 'backend': 'lmdb' if lmdb else 'disk', 'new': len(todo),
                'skipped': len(items) - len(todo), **store.summary(), 'device': str(prior.device),
-               'img_per_s': round(len(todo) / dt, 2) if todo and dt > 0 else None, 'seconds': round(time.time() - t0, 2)}
+               'img_per_s': round(len(todo) / dt, 2) if todo and dt > 0 else None,
+               'seconds': round(time.time() - t0, 2)}
     return summary
 
 

@@ -60,7 +60,8 @@ def test_folder_and_lmdb_give_the_same_features(setup, capsys):
     for n in setup['names']:
         assert torch.allclose(a.get(n)['image_emb'], b.get(n)['image_emb'], atol=1e-6)
     meta = a.meta
-    assert meta['model'] == 'mixcl-tiny-clip' and meta['pretrained'] == 'clip.pt' and len(meta['pretrained_sha256']) == 64
+    assert meta['model'] == 'mixcl-tiny-clip' and meta['pretrained'] == 'clip.pt'
+    assert len(meta['pretrained_sha256']) == 64
     assert meta['domains'] == ['indoor', 'outdoor'] and meta['templates'] == ['a photo of a {}']
     assert meta['prompt_sets']['density']['classes'] == ['thin haze', 'dense haze'] and meta['embed_dim'] == 512
     # the features equal CLIPPrior on the PIL path (open_clip's own transform)

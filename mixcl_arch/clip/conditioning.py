@@ -48,7 +48,8 @@ def normalize_prompt_sets(prompt_sets, default_templates):
             classes, templates = spec, default_templates
         if isinstance(classes, str) or not classes:
             raise ValueError(f'prompt_sets.{name}: needs a non-empty list of class names, got {classes!r}.')
-        out[name] = {'classes': [str(c) for c in classes], 'templates': check_templates(templates, f'prompt_sets.{name}')}
+        out[name] = {'classes': [str(c) for c in classes],
+                     'templates': check_templates(templates, f'prompt_sets.{name}')}
     return out
 
 

@@ -138,7 +138,8 @@ class CLIPPrior:
         self.model_name, self.model_cfg = model_name, None
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.preprocess, self.tokenizer = preprocess, tokenizer
-        self.pretrained, self.weights_kind, self.pretrained_sha256, self.quick_gelu = '<in-memory>', 'memory', None, None
+        self.pretrained, self.weights_kind = '<in-memory>', 'memory'
+        self.pretrained_sha256, self.quick_gelu = None, None
         self._init_text()
         return self
 
@@ -151,7 +152,8 @@ class CLIPPrior:
             opt.pop(key, None)
         unknown = sorted(set(opt) - set(PRIOR_OPTION_KEYS))
         if unknown:
-            raise ValueError(f'Unknown clip option(s) {unknown}; expected {list(PRIOR_OPTION_KEYS + COND_OPTION_KEYS)}.')
+            raise ValueError(f'Unknown clip option(s) {unknown}; expected '
+                             f'{list(PRIOR_OPTION_KEYS + COND_OPTION_KEYS)}.')
         return cls(**opt)
 
     # ------------------------------------------------------------------------------------------------ text side

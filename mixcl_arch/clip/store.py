@@ -197,7 +197,8 @@ class FeatureStore:
         """
         path = os.fspath(path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f'Feature store not found: {path} (write it with scripts/extract_clip_features.py).')
+            raise FileNotFoundError(f'Feature store not found: {path} '
+                                    '(write it with scripts/extract_clip_features.py).')
         try:
             data = torch.load(path, map_location='cpu', weights_only=True)
         except Exception as err:

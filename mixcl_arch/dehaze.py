@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument('--param-key', default=None, help='weights key (default: params_ema, then params, then state_dict)')
     p.add_argument('--device', default='auto', help='auto (default: CUDA when available), cpu, cuda or cuda:N')
     amp = p.add_mutually_exclusive_group()
-    amp.add_argument('--fp16', action='store_true', help='float16 autocast (CUDA)')
+    amp.add_argument('--fp16', action='store_true', help='float16 autocast (meant for CUDA; works on CPU too)')
     amp.add_argument('--bf16', action='store_true', help='bfloat16 autocast')
     p.add_argument('--tile', type=int, default=512, help='tile size for large images (default 512); 0 disables tiling')
     p.add_argument('--tile-overlap', type=int, default=32, help='overlap of neighbouring tiles in pixels (default 32)')

@@ -584,3 +584,17 @@ def test_dehazenet_baseline_through_the_cli(tmp_path, capsys, monkeypatch):
     assert cv2.imread(str(tmp_path / 'o' / 'h.png')).shape == (70, 90, 3)
     assert main(['-i', str(d), '-o', str(tmp_path / 'p'), '--method', 'dehazenet']) == 1
     assert '--weights' in capsys.readouterr().err
+
+
+def test_recursive_mirrors_subfolders(tmp_path, capsys):
+    d = tmp_path / 'in'
+    (d / 'sub' / 'deeper').mkdir(parents=True)
+    (d / '.hidden').mkdir()
+    _write(d / 'a.png', np.full((5, 5, 3), 10, np.uint8))
+    _write(d / 'sub' / 'deeper' / 'b.jpg', np.full((6, 4, 3), 99, np.uint8))
+    _write(d / '.hidden' / 'c.png', np.full((5, 5, 3), 10, np.uint8))
+    assert main(['-i', str(d), '-o', str(tmp_path / 'flat'), '--method', 'hazy']) == 0
+    assert _summary(capsys.readouterr().out)['processed'] == 1  # not recursive: only a.png
+    assert main(['-i', str(d), '-o', str(tmp_path / 'rec'), '--method', 'hazy', '--recursive']) == 0
+    assert _summary(capsys.readouterr().out)['processed'] == 2  # hidden folders are skipped
+    assert (tmp_path / 'rec' / 'sub' / 'deeper' / 'b.jpg').is_file() and (tmp_path / 'rec' / 'a.png').is_file()

@@ -308,6 +308,7 @@ def test_training_entry_point_lowers_transmission_mse(tmp_path):
     trained = load_network_weights(DehazeNet(), str(ckpt))
     before = _transmission_mse(init_net, os.path.join(data, 'train', 'GT'))
     after = _transmission_mse(trained, os.path.join(data, 'train', 'GT'))
+    print(f'transmission MSE on 64 fixed patches: {before:.4f} -> {after:.4f}')
     assert after < 0.5 * before, (before, after)
     log = open(glob.glob(str(tmp_path / 'experiments' / 'dehazenet_tiny' / 'train_*.log'))[0]).read()
     assert re.search(r'l_pix: [0-9.e+-]+', log)
@@ -328,3 +329,21 @@ def test_model_rejects_bad_options(tmp_path):
         build_model(dict(base, val=dict(recovery=dict(omega=0.9))))
     with pytest.raises(ValueError, match='transmission net'):
         build_model(dict(base, network_g=dict(type='AODNet')))
+
+
+@pytest.mark.parametrize('name', ['train_DehazeNet_demo', 'train_DehazeNet_RESIDE6K', 'test_DehazeNet_demo',
+                                  'test_DehazeNet_RESIDE6K'])
+def test_option_files_build(name, tmp_path):
+    from mixcl_arch.baselines.dehazenet import check_recovery_params
+    folder = 'train' if name.startswith('train') else 'test'
+    with open(os.path.join(ROOT, 'options', folder, f'{name}.yml'), encoding='utf-8') as f:
+        opt = yaml.safe_load(f)
+    assert opt['model_type'] == 'DehazeNetModel'
+    net = build_network(dict(opt['network_g']))
+    assert sum(p.numel() for p in net.parameters()) == 8305
+    assert set(check_recovery_params(opt['val']['recovery'])) == set(opt['val']['recovery'])
+    if folder == 'train':
+        train = dict(opt['datasets']['train'], dataroot_gt=_clean_folder(str(tmp_path / 'clean')), phase='train')
+        assert train['type'] == 'TransmissionPatchDataset'
+        assert build_dataset(train)[0]['gt'].shape == (1, 16, 16)
+        assert opt['train']['pixel_opt']['type'] == 'MSELoss'

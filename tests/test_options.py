@@ -37,10 +37,34 @@ def to_plain(obj):
     return obj
 
 
+TINY_CLIP_OPT = {}
+
+
 @pytest.fixture(scope='module')
 def tiny_root(tmp_path_factory):
+    """Tiny pairs, a meta CSV with domain labels per split, and tiny-CLIP feature stores (clip_<split>.pt)."""
+    import csv
+    import importlib.util
+
+    from _clip_helpers import make_tiny_clip, tiny_clip_opt
+    from mixcl_arch.clip import CLIPPrior
     root = tmp_path_factory.mktemp('optdata')
     make_pair_dataset(str(root), n_train=2, n_test=2, size=40)
+    clip_file = make_tiny_clip(root / 'tiny_clip.pt')
+    prior = CLIPPrior.from_opt(tiny_clip_opt(clip_file))
+    spec = importlib.util.spec_from_file_location('extract_clip_features',
+                                                  os.path.join(ROOT, 'scripts', 'extract_clip_features.py'))
+    extract = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extract)
+    for split in ('train', 'test'):
+        names = sorted(os.listdir(root / split / 'hazy'))
+        with open(root / split / 'meta.csv', 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['hazy', 'gt', 'domain'])
+            w.writerows([n, n, ('indoor', 'outdoor')[i % 2]] for i, n in enumerate(names))
+        extract.extract(prior, str(root / split / 'hazy'), str(root / f'clip_{split}.pt'), num_workers=0,
+                        progress=False)
+    TINY_CLIP_OPT.update(tiny_clip_opt(clip_file))
     return root
 
 
@@ -150,14 +174,33 @@ def test_option_file_builds_datasets_on_standin_data(path, tiny_root):
         assert ds['type'] in DATASET_REGISTRY, (
             f"{ds['type']} is not registered: mixcl_arch/data/clip_paired_image_dataset.py is needed by {path}")
         ds_opt = _standin_dataset_opt(ds, tiny_root, phase_key.split('_')[0])
-        if ds_opt.get('cond_source') in ('store', 'oracle'):
-            # the feature store is written by scripts/extract_clip_features.py with a CLIP model
-            ds_opt['cond_source'] = 'none'
-            ds_opt.pop('feature_store', None)
-            ds_opt.pop('meta_file', None)
+        split = 'train' if phase_key == 'train' else 'test'
+        if ds_opt.get('feature_store'):
+            # same keys as the YAML, but a store made by scripts/extract_clip_features.py with a tiny CLIP; the
+            # provenance check runs against that tiny CLIP's options (the YAML's ViT-B-32 weights are not here)
+            ds_opt['feature_store'] = str(tiny_root / f'clip_{split}.pt')
+            ds_opt['clip'] = dict(TINY_CLIP_OPT)
+        if ds_opt.get('meta_file'):
+            ds_opt['meta_file'] = str(tiny_root / split / 'meta.csv')
         dataset = build_dataset(ds_opt)
         assert len(dataset) == 2
         item = dataset[0]
         assert item['lq'].shape[0] == 3 and ('gt' in item) == bool(ds_opt.get('dataroot_gt'))
         if phase_key == 'train':
             assert item['lq'].shape[-2:] == (32, 32)
+        if ds_opt.get('cond_source', 'store' if ds_opt.get('feature_store') else 'none') != 'none':
+            assert item['cond'].shape == (opt['network_g'].get('num_cond', 1), 512)
+            assert torch.isclose(item['text'].norm(), torch.tensor(1.0), atol=1e-3)
+
+
+def test_top_level_clip_reaches_dataset_provenance_check(tiny_root):
+    """The entry points copy ``clip:`` into each dataset, so a store made with another CLIP fails at construction."""
+    from mixcl_arch.utils.basicsr_fixes import propagate_clip_options
+    opt = to_plain(load(os.path.join(ROOT, 'options', 'train', 'train_MixCLDehazeNet_S_RESIDE6K.yml')))
+    propagate_clip_options(opt)
+    ds = opt['datasets']['train']
+    assert ds['clip']['model'] == 'ViT-B-32' and 'cond_fallback' not in ds['clip']
+    ds_opt = _standin_dataset_opt(ds, tiny_root, 'train')
+    ds_opt['feature_store'] = str(tiny_root / 'clip_train.pt')
+    with pytest.raises(ValueError, match=r"does not match the CLIP options: model: store 'mixcl-tiny-clip'"):
+        build_dataset(ds_opt)

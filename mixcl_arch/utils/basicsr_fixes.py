@@ -16,6 +16,9 @@ that ``mixcl_arch/train.py`` and ``mixcl_arch/test.py`` go through. Each fix say
    only knows ``--local_rank``; :func:`normalize_argv` rewrites it (torchrun passes LOCAL_RANK in the environment).
 5. ``CUDAPrefetcher`` (basicsr.train): ``prefetch_mode: cuda`` creates a CUDA stream and fails without CUDA, so a
    fast-path YAML could not run on a CPU machine. Without CUDA it falls back to BasicSR's CPUPrefetcher (logged).
+6. ``parse_options`` (basicsr.train / basicsr.test): BasicSR hands each dataset only its own options, so the
+   top-level ``clip:`` section would never reach the dataset's feature-store provenance check. After parsing, every
+   dataset without its own ``clip:`` gets a copy of the CLIP prior's options (:func:`propagate_clip_options`).
 """
 import collections
 import os
@@ -115,6 +118,29 @@ def model_to_device(self, net):
     return net
 
 
+def propagate_clip_options(opt):
+    """Copy the top-level ``clip:`` prior options into every dataset that has none (fix 6); returns ``opt``."""
+    from mixcl_arch.clip import COND_OPTION_KEYS
+    clip_opt = opt.get('clip')
+    if not isinstance(clip_opt, dict):
+        return opt
+    prior_opt = {k: v for k, v in clip_opt.items() if k not in COND_OPTION_KEYS and v is not None}
+    for ds in (opt.get('datasets') or {}).values():
+        if isinstance(ds, dict) and ds.get('clip') is None:
+            ds['clip'] = dict(prior_opt)
+    return opt
+
+
+def _parse_options_with_clip(parse_options):
+
+    def wrapped(root_path, is_train=True):
+        opt, args = parse_options(root_path, is_train=is_train)
+        return propagate_clip_options(opt), args
+
+    wrapped.__wrapped__ = parse_options
+    return wrapped
+
+
 def cuda_prefetcher_or_cpu(loader, opt):
     """Drop-in replacement of ``CUDAPrefetcher`` in basicsr.train: CPUPrefetcher when CUDA is absent (fix 5)."""
     from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
@@ -126,7 +152,7 @@ def cuda_prefetcher_or_cpu(loader, opt):
 
 
 def apply_basicsr_fixes():
-    """Install fixes 1-5 (idempotent). Call before ``train_pipeline`` / ``test_pipeline``."""
+    """Install fixes 1-6 (idempotent). Call before ``train_pipeline`` / ``test_pipeline``."""
     global _APPLIED
     if _APPLIED:
         return
@@ -136,6 +162,10 @@ def apply_basicsr_fixes():
     from basicsr.models.base_model import BaseModel
     basicsr.train.load_resume_state = load_resume_state
     basicsr.train.CUDAPrefetcher = cuda_prefetcher_or_cpu
+    import basicsr.test
+    for module in (basicsr.train, basicsr.test):
+        if not hasattr(module.parse_options, '__wrapped__'):
+            module.parse_options = _parse_options_with_clip(module.parse_options)
     basicsr.utils.options.init_dist = init_dist
     BaseModel.model_to_device = model_to_device
     _APPLIED = True

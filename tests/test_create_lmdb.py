@@ -6,6 +6,7 @@ import cv2
 import lmdb
 import numpy as np
 import pytest
+import torch
 
 import mixcl_arch  # noqa: F401  (compat before basicsr)
 from basicsr.utils import FileClient, imfrombytes
@@ -124,3 +125,26 @@ def test_verify_detects_corruption(tmp_path):
     env.close()
     with pytest.raises(ValueError, match="key 'b' decodes to"):
         lmdb_tools.verify_lmdb(path, progress=False)
+
+
+def test_lmdb_feeds_clip_paired_dataset_like_disk(tmp_path):
+    """make_haze_pairs -> create_lmdb -> CLIPPairedImageDataset(lmdb) gives the same tensors as the disk folders."""
+    from mixcl_arch.data.clip_paired_image_dataset import CLIPPairedImageDataset
+    spec = importlib.util.spec_from_file_location('make_haze_pairs', osp.join(ROOT, 'scripts', 'make_haze_pairs.py'))
+    mhp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mhp)
+    _img(tmp_path / 'clean' / 'p.q.png', 20, 24, 1)
+    _img(tmp_path / 'clean' / 'sub' / 'r.png', 18, 18, 2)
+    mhp.main(['--input', str(tmp_path / 'clean'), '--output', str(tmp_path / 'ds'), '--domain', 'outdoor',
+              '--versions', '2'])
+    create_lmdb.main(['--root', str(tmp_path / 'ds'), '--quiet'])
+    split = tmp_path / 'ds' / 'train'
+    common = dict(meta_file=str(split / 'meta.csv'), cond_source='oracle', phase='val')
+    lm = CLIPPairedImageDataset(dict(common, dataroot_lq=str(split / 'hazy.lmdb'), dataroot_gt=str(split / 'GT.lmdb'),
+                                     io_backend=dict(type='lmdb')))
+    disk = CLIPPairedImageDataset(dict(common, dataroot_lq=str(split / 'hazy'), dataroot_gt=str(split / 'GT')))
+    assert len(lm) == len(disk) == 4
+    for i in range(4):
+        a, b = lm[i], disk[i]
+        for key in ('lq', 'gt', 'cond'):
+            assert torch.equal(a[key], b[key])

@@ -118,8 +118,28 @@ def worker_train(args, recipe):
             model.optimize_parameters(args.warmup + i + 1)
         sync(device)
         dt = time.perf_counter() - t0
-    return {'recipe': recipe, 'amp': model.opt['train'].get('amp'), 'compile': model.opt['train'].get('compile', False),
-            'img_per_s': round(b * args.iters / dt, 2), 'peak_mib': mem.peak_mib, 'last_l_pix': model.log_dict['l_pix']}
+    result = {'recipe': recipe, 'amp': model.opt['train'].get('amp'),
+              'compile': model.opt['train'].get('compile', False), 'img_per_s': round(b * args.iters / dt, 2),
+              'peak_mib': mem.peak_mib, 'last_l_pix': model.log_dict['l_pix']}
+    if args.profile:
+        result['top_ops'] = profile_steps(model, data, device, steps=5, top=args.profile)
+    return result
+
+
+def profile_steps(model, data, device, steps=5, top=15):
+    """torch.profiler over ``steps`` optimizer steps; the ``top`` ops by self device (else CPU) time."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            model.feed_data(data)
+            model.optimize_parameters(10**6 + i)
+        sync(device)
+    key = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:top]
+    total = sum(getattr(e, key, 0) for e in prof.key_averages()) or 1
+    return [{'op': e.key[:80], 'ms_per_step': round(getattr(e, key, 0) / 1000 / steps, 3),
+             'share': round(getattr(e, key, 0) / total, 4), 'calls_per_step': e.count // steps} for e in events]
 
 
 def worker_infer(args, variant, size):
@@ -249,6 +269,8 @@ def main():
     parser.add_argument('--data-images', type=int, default=512)
     parser.add_argument('--data-root', default=None, help='(internal) generated data folder')
     parser.add_argument('--no-compile', action='store_true')
+    parser.add_argument('--profile', type=int, default=0, metavar='N',
+                        help='also profile 5 training steps of each recipe and report the top N ops')
     parser.add_argument('--skip', nargs='*', default=[], choices=['train', 'data', 'infer'])
     parser.add_argument('--quick', action='store_true', help='tiny CPU sizes for CI smoke tests')
     parser.add_argument('--worker', nargs='+', help=argparse.SUPPRESS)
@@ -278,7 +300,7 @@ def main():
                         str(args.tile), '--tile-overlap', str(args.tile_overlap), '--infer-iters',
                         str(args.infer_iters), '--infer-warmup', str(args.infer_warmup), '--workers',
                         str(args.workers), '--data-images', str(args.data_images)] + \
-        (['--no-compile'] if args.no_compile else [])
+        (['--no-compile'] if args.no_compile else []) + ['--profile', str(args.profile)]
     report = {'device': torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu',
               'torch': torch.__version__, 'model': f'MixCLDehazeNet-{args.variant}', 'batch': args.batch,
               'crop': args.crop}

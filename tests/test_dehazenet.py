@@ -221,7 +221,7 @@ def _save_weights(path, seed=0, **net_opt):
 def test_restorer_interface_and_tiling(tmp_path):
     weights = tmp_path / 'dehazenet.pth'
     net = _save_weights(weights)
-    restorer = build_restorer('dehazenet', weights=str(weights), device='cpu', refine='false')
+    restorer = build_restorer('dehazenet', weights=str(weights), device='cpu', refine='false', a_normalize='false')
     assert restorer.name == 'dehazenet' and restorer.num_params == 8305 and restorer.net is not None
     x = torch.rand(2, 3, 37, 45)
     out = restorer(x)
@@ -230,10 +230,16 @@ def test_restorer_interface_and_tiling(tmp_path):
         t = net.eval()(x)
     assert torch.allclose(restorer.estimate(x)['t_raw'], t, atol=1e-6)
     assert torch.allclose(out, dehazenet_recover(x, t, refine=False), atol=1e-6)
+    # a_normalize (default): the net's second pass sees the input divided by the estimated A
+    parts = DehazeNetRestorer(str(weights), refine=False).estimate(x)
+    with torch.no_grad():
+        t2 = net((x / parts['A'][:, :, None, None]).clamp(0, 1))
+    assert torch.allclose(parts['t_raw'], t2, atol=1e-6)
+    assert torch.allclose(parts['A'], estimate_atmospheric_light_from_t(x, t, 0.01).clamp(min=0.05), atol=1e-6)
     big = torch.rand(1, 3, 100, 130)
     with torch.no_grad():
         t_big = net(big)
-    tiled = DehazeNetRestorer(str(weights), tile=64, tile_overlap=32)
+    tiled = DehazeNetRestorer(str(weights), tile=64, tile_overlap=32, a_normalize=False)
     # an overlap above the 22 px receptive field: the blended map matches the whole-image map
     assert torch.allclose(tiled.estimate(big)['t_raw'], t_big, atol=1e-4)
 

@@ -11,6 +11,11 @@ Steps (every parameter is a key of :data:`DEHAZENET_RECOVERY_DEFAULTS`):
    the network's map is already smooth over its 22x22 receptive field, so the filter mainly snaps t to image edges;
 3. J = (I - A) / max(t, t0) + A with ``t0`` = 0.1, clamped to [0, 1] when ``clamp``.
 
+``a_normalize`` (default true, :func:`dehazenet_dehaze`): DehazeNet is trained with A = 1, and I / A = (J / A) t +
+(1 - t) is the same model with A = 1, so after a first pass gives t and A (step 1) the network runs a second time
+on clamp(I / A, 0, 1) and that t is used. Without it (the paper's single pass) a darker A (e.g. 0.75) makes the haze
+look thinner than in training and t is over-estimated (under-dehazed output). False gives the single pass.
+
 The network runs on the whole image (or on overlapping tiles with ``tile``; t is local, receptive field 22 px, so
 tiles with a 32 px overlap give the same map); A and the guided filter always use the whole image.
 """
@@ -21,9 +26,10 @@ import torch
 from mixcl_arch.baselines.guided_filter import guided_filter
 
 __all__ = ['DEHAZENET_RECOVERY_DEFAULTS', 'estimate_atmospheric_light_from_t', 'dehazenet_recover',
-           'predict_transmission', 'load_dehazenet', 'DehazeNetRestorer']
+           'dehazenet_dehaze', 'predict_transmission', 'load_dehazenet', 'DehazeNetRestorer']
 
 DEHAZENET_RECOVERY_DEFAULTS = {
+    'a_normalize': True,
     'top_ratio': 0.01,
     'atmo_mode': 'grey',
     'a_min': 0.05,
@@ -144,6 +150,31 @@ def predict_transmission(net, x, tile=None, tile_overlap=32):
     return tiled_forward(net, x, tile=int(tile), overlap=int(tile_overlap), out_channels=1)
 
 
+def dehazenet_dehaze(net, x, tile=None, tile_overlap=32, **params):
+    """DehazeNet end to end: transmission from ``net`` (twice with ``a_normalize``), then :func:`dehazenet_recover`.
+
+    Args:
+        net (nn.Module): Transmission net, (B, 3, H, W) -> (B, 1, H, W), on x's device.
+        x (Tensor): (B, 3, H, W) hazy image in [0, 1].
+        tile (int | None): Tile size of the network pass (None / 0: whole image).
+        tile_overlap (int): Tile overlap in pixels.
+        **params: Keys of :data:`DEHAZENET_RECOVERY_DEFAULTS`.
+
+    Returns:
+        dict: 'J' (B, 3, H, W), 'A' (B, 3), 't_raw' (B, 1, H, W) the network's t used (second pass with
+        ``a_normalize``), 't' (B, 1, H, W) refined.
+    """
+    _check_image(x)
+    q = check_recovery_params(params)
+    rec = {k: v for k, v in q.items() if k != 'a_normalize'}
+    t = predict_transmission(net, x, tile, tile_overlap)
+    A = None
+    if q['a_normalize']:
+        A = estimate_atmospheric_light_from_t(x, t, q['top_ratio'], q['atmo_mode']).clamp(min=q['a_min'])
+        t = predict_transmission(net, (x / A[:, :, None, None]).clamp(0.0, 1.0), tile, tile_overlap)
+    return dehazenet_recover(x, t, A=A, return_all=True, **rec)
+
+
 def load_dehazenet(weights, param_key='params', strict=True, **net_opt):
     """Build a :class:`DehazeNet` (eval mode, CPU, frozen) and load BasicSR / bare checkpoint weights into it.
 
@@ -171,13 +202,13 @@ def load_dehazenet(weights, param_key='params', strict=True, **net_opt):
 
 
 class DehazeNetRestorer:
-    """Restorer interface (see ``mixcl_arch.restorers``): DehazeNet's t, then :func:`dehazenet_recover`.
+    """Restorer interface (see ``mixcl_arch.restorers``) around :func:`dehazenet_dehaze`.
 
     Args:
         weights (str): Trained DehazeNet checkpoint (BasicSR ``params`` / ``params_ema`` or a bare state dict).
         device (str | torch.device): 'cpu', 'cuda', 'cuda:1' or 'auto'. Inputs are moved there and back.
-        **params: Recovery options (:data:`DEHAZENET_RECOVERY_DEFAULTS`: top_ratio, atmo_mode, a_min, refine,
-            gf_radius, gf_eps, t0, clamp), and ``param_key`` ('params'), ``tile`` (0 = whole image) and
+        **params: Recovery options (:data:`DEHAZENET_RECOVERY_DEFAULTS`: a_normalize, top_ratio, atmo_mode, a_min,
+            refine, gf_radius, gf_eps, t0, clamp), and ``param_key`` ('params'), ``tile`` (0 = whole image) and
             ``tile_overlap`` (32). Strings such as '0.05' are accepted (CLI parsing).
 
     Attributes:
@@ -221,8 +252,7 @@ class DehazeNetRestorer:
         """
         _check_image(x)
         xd = x.to(self.device, torch.float32)
-        t = predict_transmission(self.net, xd, self.tile, self.tile_overlap)
-        out = dehazenet_recover(xd, t, return_all=True, **self.params)
+        out = dehazenet_dehaze(self.net, xd, self.tile, self.tile_overlap, **self.params)
         out['J'] = out['J'].to(x.dtype)
         return {k: v.to(x.device) for k, v in out.items()}
 
@@ -249,6 +279,7 @@ def check_recovery_params(params):
     p.update({k: v for k, v in (params or {}).items() if k in DEHAZENET_RECOVERY_DEFAULTS})
     try:
         q = {
+            'a_normalize': _to_bool(p['a_normalize'], 'a_normalize'),
             'top_ratio': float(p['top_ratio']),
             'atmo_mode': str(p['atmo_mode']),
             'a_min': float(p['a_min']),

@@ -7,19 +7,19 @@ atomic checkpoints, float-input metrics, EMA and AMP):
   hazy patch, 'gt' the (B, 1, P, P) transmission map; the loss is ``train.pixel_opt`` (BasicSR ``MSELoss``) between
   the predicted and the true t maps, logged as ``l_pix``;
 - validation / test batches are hazy/GT image pairs ('gt' (B, 3, H, W)): ``test()`` predicts t on the whole image,
-  recovers J with :func:`mixcl_arch.baselines.dehazenet.dehazenet_recover` and the metrics (``val.metrics``, e.g.
+  recovers J with :func:`mixcl_arch.baselines.dehazenet.dehazenet_dehaze` and the metrics (``val.metrics``, e.g.
   ``calculate_psnr_dehaze`` / ``calculate_ssim_dehaze``) compare J with the GT, i.e. dehazing PSNR/SSIM, not the
   transmission error.
 
-Options added (all optional): ``val.recovery``, a dict of recovery options (``top_ratio`` 0.01, ``atmo_mode`` 'grey',
-``a_min`` 0.05, ``refine`` true, ``gf_radius`` 30, ``gf_eps`` 1e-3, ``t0`` 0.1, ``clamp`` true; see
-:data:`mixcl_arch.baselines.dehazenet.DEHAZENET_RECOVERY_DEFAULTS`) plus ``tile`` (0: whole image) and
+Options added (all optional): ``val.recovery``, a dict of recovery options (``a_normalize`` true, ``top_ratio`` 0.01,
+``atmo_mode`` 'grey', ``a_min`` 0.05, ``refine`` true, ``gf_radius`` 30, ``gf_eps`` 1e-3, ``t0`` 0.1, ``clamp`` true;
+see :data:`mixcl_arch.baselines.dehazenet.DEHAZENET_RECOVERY_DEFAULTS`) plus ``tile`` (0: whole image) and
 ``tile_overlap`` (32) for the network pass on large images.
 """
 import torch
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from mixcl_arch.baselines.dehazenet import DEHAZENET_RECOVERY_DEFAULTS, check_recovery_params, dehazenet_recover, \
+from mixcl_arch.baselines.dehazenet import DEHAZENET_RECOVERY_DEFAULTS, check_recovery_params, dehazenet_dehaze, \
     predict_transmission
 from mixcl_arch.models.mixcl_dehaze_model import MixCLDehazeModel
 
@@ -93,7 +93,7 @@ class DehazeNetModel(MixCLDehazeModel):
         super().optimize_parameters(current_iter)
 
     def test(self):
-        """Predict t on the whole image, then recover J: ``self.output`` (B, 3, H, W), ``self.t_pred`` (B, 1, H, W).
+        """Predict t, then recover J: ``self.output`` (B, 3, H, W), ``self.t_pred`` (B, 1, H, W) refined t.
 
         A transmission batch (gt with one channel) instead sets ``self.output`` to the predicted t map.
         """
@@ -101,11 +101,10 @@ class DehazeNetModel(MixCLDehazeModel):
         was_training = net.training
         net.eval()
         with torch.no_grad():
-            t = predict_transmission(net, self.lq, self.tile, self.tile_overlap)
             if self.gt_is_t:
-                self.output = self.t_pred = t
+                self.output = self.t_pred = predict_transmission(net, self.lq, self.tile, self.tile_overlap)
             else:
-                out = dehazenet_recover(self.lq, t, return_all=True, **self.recovery)
+                out = dehazenet_dehaze(net, self.lq, self.tile, self.tile_overlap, **self.recovery)
                 self.output = out['J']
                 self.t_pred = out['t']
                 self.atmo_light = out['A']

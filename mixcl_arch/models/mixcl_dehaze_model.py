@@ -18,12 +18,9 @@ Differences from :class:`basicsr.models.sr_model.SRModel`, and only those:
 - checkpoints: ``pretrain_network_g`` loads BasicSR and official MixDehazeNet files
   (:func:`mixcl_arch.utils.checkpoint.load_network_weights`), networks and training states are written atomically.
 """
-import os
-import tempfile
 from collections import OrderedDict
 from os import path as osp
 
-import cv2
 import torch
 from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
@@ -33,28 +30,11 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 from tqdm import tqdm
 
-from mixcl_arch.utils.checkpoint import atomic_torch_save, load_network_weights
+from mixcl_arch.utils.checkpoint import load_network_weights
+from mixcl_arch.utils.file_io import atomic_imwrite, atomic_torch_save
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 COND_OPTION_KEYS = ('cond_fallback', 'feature_store', 'cond_mode', 'cond_extra')
-
-
-def atomic_imwrite(img, path):
-    """Write a uint8 / uint16 BGR image with OpenCV to a temp file in the same folder, then ``os.replace``."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    ok, buf = cv2.imencode(osp.splitext(path)[1] or '.png', img)
-    if not ok:
-        raise IOError(f'Could not encode image for {path}.')
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _metric_takes_float(metric_opt):

@@ -8,34 +8,14 @@ A bare state dict (all values tensors) is accepted too.
 """
 import os
 import re
-import tempfile
 import warnings
 from collections import OrderedDict
 
 import torch
 
+from mixcl_arch.utils.file_io import atomic_torch_save  # noqa: F401  (re-exported)
+
 PARAM_KEYS = ('params_ema', 'params', 'state_dict', 'model', 'net_g')
-
-
-def atomic_torch_save(obj, path):
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``.
-
-    A crash or kill while saving leaves any previous file at ``path`` intact.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def load_checkpoint_file(path):

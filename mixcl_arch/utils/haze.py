@@ -1,4 +1,4 @@
-"""Haze synthesis with the atmospheric scattering model, depth I/O and atomic file writes.
+"""Haze synthesis with the atmospheric scattering model and depth I/O (atomic writes re-exported from file_io).
 
 The physics (Koschmieder / McCartney model as used by RESIDE):
 
@@ -18,14 +18,14 @@ The haze model sees ``d = depth_scale * depth / max(depth)`` by default (``depth
 its real ratios but its far end is mapped to ``depth_scale`` so that the RESIDE beta ranges give comparable haze for
 images of any size and unit. ``depth_norm='none'`` uses the (metric) depth as it is, times ``depth_scale``.
 """
-import os
 import os.path as osp
 import re
-import tempfile
 import zlib
 
 import cv2
 import numpy as np
+
+from mixcl_arch.utils.file_io import atomic_imwrite, atomic_write_bytes, atomic_write_text  # noqa: F401
 
 __all__ = [
     'DOMAIN_PRESETS', 'IMG_EXTENSIONS', 'atomic_write_bytes', 'atomic_write_text', 'atomic_imwrite', 'imread_rgb',
@@ -51,57 +51,6 @@ DOMAIN_PRESETS = {
         'depth_scale': 10.0
     },
 }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# atomic writes
-# ----------------------------------------------------------------------------------------------------------------
-def atomic_write_bytes(data, path):
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, os.replace).
-
-    Args:
-        data (bytes): Content.
-        path (str): Destination; its folder is created when missing.
-    """
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(text, path):
-    """Write a UTF-8 text file atomically. See :func:`atomic_write_bytes`."""
-    atomic_write_bytes(text.encode('utf-8'), path)
-
-
-def atomic_imwrite(img, path, png_compression=1, jpg_quality=95):
-    """Encode an image with OpenCV and write it atomically.
-
-    Args:
-        img (np.ndarray): (H, W) or (H, W, 3) uint8/uint16 image in **BGR** order (OpenCV convention).
-        path (str): Destination; the extension selects the format.
-        png_compression (int): PNG compression level 0-9.
-        jpg_quality (int): JPEG quality.
-    """
-    ext = osp.splitext(path)[1].lower()
-    params = []
-    if ext == '.png':
-        params = [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression)]
-    elif ext in ('.jpg', '.jpeg'):
-        params = [cv2.IMWRITE_JPEG_QUALITY, int(jpg_quality)]
-    ok, buf = cv2.imencode(ext, img, params)
-    if not ok:
-        raise ValueError(f'OpenCV could not encode an image of shape {img.shape} as {ext!r} for {path}')
-    atomic_write_bytes(buf.tobytes(), path)
 
 
 def imread_rgb(path):

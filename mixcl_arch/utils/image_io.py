@@ -14,12 +14,13 @@ JPEG files are decoded with their EXIF orientation applied, like every photo vie
 (temporary file in the same folder, fsync, ``os.replace``).
 """
 import os
-import tempfile
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
+
+from mixcl_arch.utils.file_io import atomic_write_bytes
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff')
 SIXTEEN_BIT_EXTENSIONS = ('.png', '.tif', '.tiff')
@@ -185,24 +186,6 @@ def encode_image(rgb, path, info=None, alpha='keep', quality=95):
     if not ok:
         raise ValueError(f'{path}: OpenCV could not encode a {out.shape} {out.dtype} image as {ext}.')
     return buf.tobytes()
-
-
-def atomic_write_bytes(data, path):
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_image(rgb, path, info=None, alpha='keep', quality=95):

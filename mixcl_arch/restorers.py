@@ -25,6 +25,7 @@ import yaml
 
 from mixcl_arch.utils.checkpoint import check_state_dict, extract_state_dict, infer_arch_from_state_dict, \
     load_checkpoint_file
+from mixcl_arch.utils.device import resolve_device  # noqa: F401  (public here too)
 from mixcl_arch.utils.tiling import tiled_forward
 
 METHODS = ('net', 'hazy', 'dcp', 'dehazenet')
@@ -42,14 +43,6 @@ class ConditioningFallbackWarning(UserWarning):
     """Emitted by :func:`build_restorer` when the network runs with fallback conditioning instead of CLIP."""
 
 
-def resolve_device(device='auto'):
-    """'auto' -> 'cuda' when available, else 'cpu'; other values are checked and returned as torch.device."""
-    if device is None or str(device) == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'Device {device} requested but CUDA is not available; use --device cpu or auto.')
-    return device
 
 
 def load_options(opt):

@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mixcl_arch.baselines.common import check_image, grey, to_bool
 from mixcl_arch.baselines.guided_filter import guided_filter
 
 __all__ = ['DCP_DEFAULTS', 'dark_channel', 'min_filter', 'estimate_atmospheric_light', 'estimate_transmission',
@@ -36,15 +37,7 @@ DCP_DEFAULTS = {
     'clamp': True,
 }
 ATMO_MODES = ('max', 'mean')
-_LUMA = (0.299, 0.587, 0.114)
 
-
-def _check_image(x, name='x'):
-    if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != 3:
-        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-        raise ValueError(f'{name} must be a (B, 3, H, W) RGB tensor in [0, 1], got {shape}.')
-    if not x.is_floating_point():
-        raise ValueError(f'{name} must be a float tensor in [0, 1], got dtype {x.dtype}.')
 
 
 def min_filter(x, radius):
@@ -133,10 +126,6 @@ def estimate_transmission(x, A, omega=0.95, radius=7, a_min=1e-3):
     return 1.0 - float(omega) * dark_channel(x / A.clamp(min=a_min)[:, :, None, None], radius)
 
 
-def _grey(x):
-    w = x.new_tensor(_LUMA)[None, :, None, None]
-    return (x * w).sum(dim=1, keepdim=True)
-
 
 def dcp_dehaze(x, patch_radius=7, omega=0.95, top_ratio=0.001, atmo_mode='max', refine=True, gf_radius=60,
                gf_eps=1e-4, t0=0.1, a_min=1e-3, clamp=True, return_all=False):
@@ -161,14 +150,14 @@ def dcp_dehaze(x, patch_radius=7, omega=0.95, top_ratio=0.001, atmo_mode='max', 
         'dark' (B,1,H,W) dark channel of the input, 't_raw' and 't' (B,1,H,W) coarse and refined transmission
         (refined t is clamped to [0, 1]), and 'depth' (B,1,H,W) relative depth -log(max(t, t0)).
     """
-    _check_image(x)
+    check_image(x)
     in_dtype = x.dtype
     if in_dtype not in (torch.float32, torch.float64):
         x = x.float()
     dark = dark_channel(x, patch_radius)
     A = estimate_atmospheric_light(x, dark, top_ratio, atmo_mode)
     t_raw = estimate_transmission(x, A, omega, patch_radius, a_min)
-    t = guided_filter(_grey(x), t_raw, gf_radius, gf_eps).clamp(0.0, 1.0) if refine else t_raw
+    t = guided_filter(grey(x), t_raw, gf_radius, gf_eps).clamp(0.0, 1.0) if refine else t_raw
     a4 = A[:, :, None, None]
     t_div = t.clamp(min=float(t0))
     J = (x - a4) / t_div + a4
@@ -209,12 +198,12 @@ class DCPRestorer:
                 'omega': float(p['omega']),
                 'top_ratio': float(p['top_ratio']),
                 'atmo_mode': str(p['atmo_mode']),
-                'refine': _to_bool(p['refine'], 'refine'),
+                'refine': to_bool(p['refine'], 'refine'),
                 'gf_radius': int(p['gf_radius']),
                 'gf_eps': float(p['gf_eps']),
                 't0': float(p['t0']),
                 'a_min': float(p['a_min']),
-                'clamp': _to_bool(p['clamp'], 'clamp'),
+                'clamp': to_bool(p['clamp'], 'clamp'),
             }
         except (TypeError, ValueError) as err:
             raise ValueError(f'Bad DCP option value: {err}') from err
@@ -248,26 +237,16 @@ class DCPRestorer:
         Returns:
             dict: see :func:`dcp_dehaze` with ``return_all=True`` ('J', 'A', 'dark', 't_raw', 't', 'depth').
         """
-        _check_image(x)
+        check_image(x)
         out = dcp_dehaze(x.to(self.device), return_all=True, **self.params)
         return {k: v.to(x.device) for k, v in out.items()}
 
     @torch.no_grad()
     def __call__(self, x):
         """(B, 3, H, W) hazy in [0, 1] -> (B, 3, H, W) dehazed in [0, 1], on the input's device and dtype."""
-        _check_image(x)
+        check_image(x)
         return dcp_dehaze(x.to(self.device), **self.params).to(x.device)
 
     def __repr__(self):
         return f'DCPRestorer(device={self.device}, {self.params})'
 
-
-def _to_bool(v, key):
-    if isinstance(v, str):
-        low = v.strip().lower()
-        if low in ('1', 'true', 'yes', 'on'):
-            return True
-        if low in ('0', 'false', 'no', 'off'):
-            return False
-        raise ValueError(f'{key}: cannot read {v!r} as a boolean')
-    return bool(v)

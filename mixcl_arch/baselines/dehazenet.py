@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from mixcl_arch.baselines.common import check_image, grey, to_bool
 from mixcl_arch.baselines.guided_filter import guided_filter
 
 __all__ = ['DEHAZENET_RECOVERY_DEFAULTS', 'estimate_atmospheric_light_from_t', 'dehazenet_recover',
@@ -40,19 +41,8 @@ DEHAZENET_RECOVERY_DEFAULTS = {
     'clamp': True,
 }
 DEHAZENET_ATMO_MODES = ('grey', 'color')
-_LUMA = (0.299, 0.587, 0.114)
 
 
-def _check_image(x, name='x'):
-    if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != 3:
-        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-        raise ValueError(f'{name} must be a (B, 3, H, W) RGB tensor in [0, 1], got {shape}.')
-    if not x.is_floating_point():
-        raise ValueError(f'{name} must be a float tensor in [0, 1], got dtype {x.dtype}.')
-
-
-def _grey(x):
-    return (x * x.new_tensor(_LUMA)[None, :, None, None]).sum(dim=1, keepdim=True)
 
 
 def estimate_atmospheric_light_from_t(x, t, top_ratio=0.01, mode='grey'):
@@ -74,10 +64,10 @@ def estimate_atmospheric_light_from_t(x, t, top_ratio=0.01, mode='grey'):
         raise ValueError(f't must have shape {(b, 1, h, w)} to match x, got {tuple(t.shape)}.')
     k = max(1, int(math.floor(h * w * float(top_ratio))))
     idx = t.reshape(b, h * w).topk(k, dim=1, largest=False).indices  # (B, k)
-    grey = _grey(x).reshape(b, h * w).gather(1, idx)  # (B, k)
-    best = grey.argmax(dim=1, keepdim=True)  # (B, 1)
+    luma = grey(x).reshape(b, h * w).gather(1, idx)  # (B, k)
+    best = luma.argmax(dim=1, keepdim=True)  # (B, 1)
     if mode == 'grey':
-        return grey.gather(1, best).expand(b, c).contiguous()
+        return luma.gather(1, best).expand(b, c).contiguous()
     pix = idx.gather(1, best)  # (B, 1) flat pixel index
     return x.reshape(b, c, h * w).gather(2, pix[:, None, :].expand(b, c, 1))[..., 0]
 
@@ -104,7 +94,7 @@ def dehazenet_recover(x, t, top_ratio=0.01, atmo_mode='grey', a_min=0.05, refine
         Tensor | dict: J (B, 3, H, W); with ``return_all`` a dict with 'J', 'A' (B, 3), 't_raw' (the input t) and
         't' (B, 1, H, W) the refined, clamped transmission used.
     """
-    _check_image(x)
+    check_image(x)
     if not torch.is_tensor(t) or t.dim() != 4 or t.shape[1] != 1 or t.shape[0] != x.shape[0] \
             or t.shape[-2:] != x.shape[-2:]:
         shape = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
@@ -119,7 +109,7 @@ def dehazenet_recover(x, t, top_ratio=0.01, atmo_mode='grey', a_min=0.05, refine
         A = torch.as_tensor(A, dtype=work, device=x.device)
         A = A.reshape(1, 1).expand(x.shape[0], 3) if A.numel() == 1 else A.reshape(-1, 3).expand(x.shape[0], 3)
     A = A.clamp(min=float(a_min))
-    t_ref = guided_filter(_grey(x), t_raw, gf_radius, gf_eps) if refine else t_raw
+    t_ref = guided_filter(grey(x), t_raw, gf_radius, gf_eps) if refine else t_raw
     t_ref = t_ref.clamp(0.0, 1.0)
     a4 = A[:, :, None, None]
     J = (x - a4) / t_ref.clamp(min=float(t0)) + a4
@@ -164,7 +154,7 @@ def dehazenet_dehaze(net, x, tile=None, tile_overlap=32, **params):
         dict: 'J' (B, 3, H, W), 'A' (B, 3), 't_raw' (B, 1, H, W) the network's t used (second pass with
         ``a_normalize``), 't' (B, 1, H, W) refined.
     """
-    _check_image(x)
+    check_image(x)
     q = check_recovery_params(params)
     rec = {k: v for k, v in q.items() if k != 'a_normalize'}
     t = predict_transmission(net, x, tile, tile_overlap)
@@ -250,7 +240,7 @@ class DehazeNetRestorer:
         Returns:
             dict: 'J' (B, 3, H, W), 'A' (B, 3), 't_raw' (network output) and 't' (refined), (B, 1, H, W).
         """
-        _check_image(x)
+        check_image(x)
         xd = x.to(self.device, torch.float32)
         out = dehazenet_dehaze(self.net, xd, self.tile, self.tile_overlap, **self.params)
         out['J'] = out['J'].to(x.dtype)
@@ -279,15 +269,15 @@ def check_recovery_params(params):
     p.update({k: v for k, v in (params or {}).items() if k in DEHAZENET_RECOVERY_DEFAULTS})
     try:
         q = {
-            'a_normalize': _to_bool(p['a_normalize'], 'a_normalize'),
+            'a_normalize': to_bool(p['a_normalize'], 'a_normalize'),
             'top_ratio': float(p['top_ratio']),
             'atmo_mode': str(p['atmo_mode']),
             'a_min': float(p['a_min']),
-            'refine': _to_bool(p['refine'], 'refine'),
+            'refine': to_bool(p['refine'], 'refine'),
             'gf_radius': int(p['gf_radius']),
             'gf_eps': float(p['gf_eps']),
             't0': float(p['t0']),
-            'clamp': _to_bool(p['clamp'], 'clamp'),
+            'clamp': to_bool(p['clamp'], 'clamp'),
         }
     except (TypeError, ValueError) as err:
         raise ValueError(f'Bad DehazeNet recovery option value: {err}') from err
@@ -304,13 +294,3 @@ def check_recovery_params(params):
             raise ValueError(f'DehazeNet recovery: {msg}; got {q}.')
     return q
 
-
-def _to_bool(v, key):
-    if isinstance(v, str):
-        low = v.strip().lower()
-        if low in ('1', 'true', 'yes', 'on'):
-            return True
-        if low in ('0', 'false', 'no', 'off'):
-            return False
-        raise ValueError(f'{key}: cannot read {v!r} as a boolean')
-    return bool(v)

@@ -5,6 +5,8 @@ import zipfile
 
 import torch
 
+from mixcl_arch.utils.device import resolve_device
+
 from .conditioning import PRIMARY_SET, check_templates, hard_soft, normalize_prompt_sets
 from .weights import CLIPWeightsError, file_sha256, register_model_cfg, resolve_weights
 
@@ -28,13 +30,6 @@ def _is_torchscript(path):
         return any(n.endswith('constants.pkl') or '/code/' in n for n in zf.namelist())
 
 
-def _resolve_device(device):
-    if device is None or str(device) == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'CLIP device {device} requested but CUDA is not available (use cpu or auto).')
-    return device
 
 
 class CLIPPrior:
@@ -72,7 +67,7 @@ class CLIPPrior:
 
         if dtype not in _PRECISIONS:
             raise ValueError(f'clip.dtype must be one of {sorted(_PRECISIONS)}, got {dtype!r}.')
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.precision = _PRECISIONS[dtype]
         if self.precision == 'fp16' and self.device.type == 'cpu':
             raise ValueError('clip.dtype fp16 needs a CUDA device; use fp32 or bf16 on CPU.')
@@ -130,7 +125,7 @@ class CLIPPrior:
             model_name (str): Name recorded in the provenance.
         """
         self = cls.__new__(cls)
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.precision = 'fp32'
         self.domains = [str(d) for d in domains]
         self.templates = check_templates(templates, 'templates')

@@ -10,7 +10,7 @@ memory):
 - ``fast``: ``train.amp: bf16`` and ``train.compile: true`` (compile only on CUDA).
 
 Data: img/s of the project's ``CLIPPairedImageDataset`` serving ``--crop`` crops with stored conditioning from LMDB
-and from disk, through a DataLoader with ``--workers`` workers (a synthetic dataset is generated in a temp folder).
+and from disk, through a DataLoader with ``--workers`` workers (``scripts/benchmark_data.py`` on generated data).
 
 Inference (latency and peak memory per image):
 - ``eager_fp32``: the network as trained, whole image;
@@ -106,7 +106,8 @@ def worker_train(args, recipe):
     b, s = args.batch, args.crop
     g = torch.Generator().manual_seed(0)
     gt = torch.rand(b, 3, s, s, generator=g)
-    data = dict(lq=gt * 0.6 + 0.3, gt=gt, cond=torch.nn.functional.normalize(torch.randn(b, 1, 512, generator=g), dim=-1))
+    cond = torch.nn.functional.normalize(torch.randn(b, 1, 512, generator=g), dim=-1)
+    data = dict(lq=gt * 0.6 + 0.3, gt=gt, cond=cond)
     for i in range(args.warmup):
         model.feed_data(data)
         model.optimize_parameters(i + 1)
@@ -183,56 +184,18 @@ def worker_infer(args, variant, size):
             'peak_mib': mem.peak_mib, 'out_mean': float(y.mean())}
 
 
-def worker_data(args, backend):
-    import numpy as np
-    import torch
-    from torch.utils.data import DataLoader
-
-    import mixcl_arch  # noqa: F401  (before basicsr)
-    from basicsr.data import build_dataset
-    root = args.data_root
-    opt = dict(name='bench', type='CLIPPairedImageDataset', phase='train', dataroot_lq=os.path.join(root, 'hazy'),
-               dataroot_gt=os.path.join(root, 'GT'), gt_size=args.crop, use_hflip=True, use_rot=False,
-               io_backend=dict(type='disk'), cond_source='none', scale=1)
-    if backend == 'lmdb':
-        opt.update(dataroot_lq=os.path.join(root, 'hazy.lmdb'), dataroot_gt=os.path.join(root, 'GT.lmdb'),
-                   io_backend=dict(type='lmdb'))
-    dataset = build_dataset(opt)
-    loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True,
-                        persistent_workers=args.workers > 0, pin_memory=torch.cuda.is_available())
-    n = 0
-    it = iter(loader)
-    next(it)  # workers started
-    t0 = time.perf_counter()
-    while n < args.data_images:
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            continue
-        n += batch['lq'].shape[0]
-    dt = time.perf_counter() - t0
-    rate = n / dt
-    return {'backend': backend, 'workers': args.workers, 'img_per_s': round(rate, 1),
-            'img_per_s_per_worker': round(rate / max(args.workers, 1), 1), 'crop': args.crop,
-            'dataset_len': len(dataset), 'check': float(np.float32(batch['lq'].mean()))}
-
-
-def make_data(root, n, size):
-    """Generated hazy/GT pairs on disk plus their LMDBs (BasicSR format), for the data benchmark."""
-    import cv2
-    import numpy as np
-
-    from mixcl_arch.utils.lmdb_tools import make_lmdb_from_folder
-    rng = np.random.default_rng(0)
-    for sub in ('hazy', 'GT'):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
-    for i in range(n):
-        gt = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-        cv2.imwrite(os.path.join(root, 'GT', f'{i:04d}.png'), gt)
-        cv2.imwrite(os.path.join(root, 'hazy', f'{i:04d}.png'), (gt * 0.6 + 90).astype(np.uint8))
-    for sub in ('hazy', 'GT'):
-        make_lmdb_from_folder(os.path.join(root, sub), os.path.join(root, f'{sub}.lmdb'), progress=False)
+def run_data_benchmark(args):
+    """The data loader alone, through scripts/benchmark_data.py (LMDB and disk, stored conditioning), as JSON."""
+    cmd = [sys.executable, os.path.join(ROOT, 'scripts', 'benchmark_data.py'), '--images',
+           str(max(8, min(64, args.data_images))), '--size', str(max(args.crop + 16, 64)), '--crop', str(args.crop),
+           '--crops', str(args.data_images), '--batch', str(args.batch), '--workers', str(args.workers),
+           '--vit-images', '0', '--device', args.device]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        err = (out.stderr or out.stdout).strip().splitlines()
+        return {'error': err[-1] if err else f'exit {out.returncode}'}
+    result = json.loads(out.stdout)
+    return {row['backend']: row for row in result['dataset']}
 
 
 def spawn(args, *worker):
@@ -267,7 +230,6 @@ def main():
     parser.add_argument('--infer-warmup', type=int, default=2)
     parser.add_argument('--workers', type=int, default=8)
     parser.add_argument('--data-images', type=int, default=512)
-    parser.add_argument('--data-root', default=None, help='(internal) generated data folder')
     parser.add_argument('--no-compile', action='store_true')
     parser.add_argument('--profile', type=int, default=0, metavar='N',
                         help='also profile 5 training steps of each recipe and report the top N ops')
@@ -288,10 +250,8 @@ def main():
         kind = args.worker[0]
         if kind == 'train':
             result = worker_train(args, args.worker[1])
-        elif kind == 'infer':
-            result = worker_infer(args, args.worker[1], parse_size(args.worker[2]))
         else:
-            result = worker_data(args, args.worker[1])
+            result = worker_infer(args, args.worker[1], parse_size(args.worker[2]))
         print(json.dumps(result))
         return
 
@@ -309,11 +269,7 @@ def main():
         report['train'] = {'reference': ref, 'fast': fast, 'img_per_s_ratio': ratio(fast, ref, 'img_per_s'),
                            'peak_mem_ratio': ratio(fast, ref, 'peak_mib')}
     if 'data' not in args.skip:
-        with tempfile.TemporaryDirectory(prefix='bench_data_') as root:
-            make_data(root, n=max(8, min(64, args.data_images)), size=max(args.crop + 16, 64))
-            args.passthrough += ['--data-root', root]
-            report['data'] = {b: spawn(args, 'data', b) for b in ('lmdb', 'disk')}
-            args.passthrough = args.passthrough[:-2]
+        report['data'] = run_data_benchmark(args)
     if 'infer' not in args.skip:
         rows = []
         for size in args.sizes:

@@ -22,7 +22,7 @@ def test_benchmark_speed_quick_on_cpu_prints_ratios():
     assert train['fast']['amp'] == 'bf16' and train['reference']['amp'] is None
     assert train['img_per_s_ratio'] > 0
     for backend in ('lmdb', 'disk'):
-        assert report['data'][backend]['img_per_s'] > 0, report['data']
+        assert report['data'][backend]['img_per_s'] > 0 and report['data'][backend]['workers'] == 1, report['data']
     rows = {r['size']: r for r in report['infer']}
     assert set(rows) == {'64', '96x80'}
     assert rows['96x80']['fast']['tile'] == 64 and rows['64']['fast']['tile'] is None

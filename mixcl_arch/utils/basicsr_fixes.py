@@ -6,8 +6,9 @@ that ``mixcl_arch/train.py`` and ``mixcl_arch/test.py`` go through. Each fix say
 1. ``load_resume_state`` (basicsr.train): 1.4.2 calls ``torch.cuda.current_device()`` (fails without CUDA), loads
    ``.state`` files with ``torch.load``'s default, which on torch >= 2.6 is ``weights_only=True`` and rejects the
    ``collections.Counter`` that MultiStepRestartLR keeps (on releases that do not allow-list it), and looks for
-   ``--auto_resume`` states under the *process* cwd instead of the experiments root. The fix loads on CPU (optimizers move their state to the parameters' device)
-   with Counter allow-listed, and searches ``<root_path>/experiments/<name>/training_states``.
+   ``--auto_resume`` states under the *process* cwd instead of the experiments root. The fix loads on CPU
+   (optimizers move their state to the parameters' device) with Counter allow-listed, and searches
+   ``<root_path>/experiments/<name>/training_states``.
 2. ``init_dist`` (basicsr.utils.options): 1.4.2 hard-codes the NCCL backend and ``torch.cuda.set_device``; without
    CUDA that cannot work. The fix uses NCCL on CUDA (device = LOCAL_RANK) and gloo on CPU (or ``MIXCL_DIST_BACKEND``).
 3. ``BaseModel.model_to_device``: 1.4.2 wraps DDP with ``device_ids=[torch.cuda.current_device()]``; on CPU

@@ -204,3 +204,26 @@ def test_top_level_clip_reaches_dataset_provenance_check(tiny_root):
     ds_opt['feature_store'] = str(tiny_root / 'clip_train.pt')
     with pytest.raises(ValueError, match=r"does not match the CLIP options: model: store 'mixcl-tiny-clip'"):
         build_dataset(ds_opt)
+
+
+DEMO_AND_BASELINE_FILES = sorted(f for f in glob.glob(os.path.join(ROOT, 'options', '*', '*.yml'))
+                                 if f not in OPTION_FILES)
+
+
+@pytest.mark.parametrize('path', DEMO_AND_BASELINE_FILES, ids=[os.path.relpath(f, ROOT) for f in
+                                                                DEMO_AND_BASELINE_FILES])
+def test_other_option_files_parse_and_build_network_and_model(path, tmp_path):
+    """Demo and baseline YAMLs (their data exists only after make_demo_data): sections, registry, net, model."""
+    opt = load(path)
+    assert opt['model_type'] in MODEL_REGISTRY and re.fullmatch(r'[A-Za-z0-9_]+', opt['name'])
+    assert all(len(line.rstrip('\n')) <= 120 for line in open(path))
+    for ds in opt['datasets'].values():
+        assert ds['type'] in DATASET_REGISTRY
+    net = build_network(to_plain(opt['network_g']))
+    rt = _runtime_opt(opt, tmp_path, is_train=os.sep + 'train' + os.sep in path)
+    if not rt['is_train']:
+        weights = tmp_path / 'net.pth'
+        torch.save({'params': net.state_dict()}, weights)
+        rt['path']['pretrain_network_g'] = str(weights)
+    model = build_model(rt)
+    assert sum(p.numel() for p in model.net_g.parameters()) == sum(p.numel() for p in net.parameters())

@@ -148,3 +148,20 @@ def test_lmdb_feeds_clip_paired_dataset_like_disk(tmp_path):
         a, b = lm[i], disk[i]
         for key in ('lq', 'gt', 'cond'):
             assert torch.equal(a[key], b[key])
+
+
+def test_non_ascii_names_quoted_in_lmdb_are_found_through_the_pair_csv(tmp_path):
+    """create_lmdb --non-ascii quote percent-encodes keys; the dataset's meta_file mode applies the same rule."""
+    from mixcl_arch.data.clip_paired_image_dataset import CLIPPairedImageDataset
+    split = tmp_path / 'ds' / 'train'
+    _img(split / 'hazy' / 'café_1.png', 12, 14, 1)
+    _img(split / 'GT' / 'café.png', 12, 14, 2)
+    (split / 'meta.csv').write_text('hazy,gt,domain\ncafé_1.png,café.png,indoor\n', encoding='utf-8')
+    create_lmdb.main(['--root', str(tmp_path / 'ds'), '--non-ascii', 'quote', '--quiet'])
+    keys = [k for k, _, _ in lmdb_tools.read_meta_info(str(split / 'hazy.lmdb'))]
+    assert keys == ['caf%C3%A9_1']
+    common = dict(meta_file=str(split / 'meta.csv'), cond_source='oracle', phase='val')
+    lm = CLIPPairedImageDataset(dict(common, dataroot_lq=str(split / 'hazy.lmdb'), dataroot_gt=str(split / 'GT.lmdb'),
+                                     io_backend=dict(type='lmdb')))
+    disk = CLIPPairedImageDataset(dict(common, dataroot_lq=str(split / 'hazy'), dataroot_gt=str(split / 'GT')))
+    assert torch.equal(lm[0]['lq'], disk[0]['lq']) and torch.equal(lm[0]['gt'], disk[0]['gt'])

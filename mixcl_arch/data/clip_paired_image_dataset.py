@@ -124,6 +124,13 @@ class CLIPPairedImageDataset(data.Dataset):
         # BasicSR's own writer lists 'key.png' while the stored key has no extension
         return {strip_ext(key): (shape[0], shape[1]) for key, shape, _ in read_meta_info(folder)}
 
+    @staticmethod
+    def _csv_lmdb_key(rel):
+        """LMDB key of a CSV path: scripts/create_lmdb.py's rule (percent-encoded when the name is non-ASCII)."""
+        from mixcl_arch.utils.lmdb_tools import path_to_key
+        rel = rel.replace(os.sep, '/')
+        return path_to_key(rel, non_ascii='quote') if not rel.isascii() else strip_ext(rel)
+
     def _build_pairs(self):
         opt = self.opt
         mapper = GTNameMapper(opt.get('gt_name_rule', 'identity'), opt.get('gt_name_regex'), opt.get('gt_name_repl'))
@@ -149,8 +156,8 @@ class CLIPPairedImageDataset(data.Dataset):
                                  domain_column=opt.get('domain_column', 'domain'))
             labels = []
             for row in rows:
-                lq_name = strip_ext(row['hazy'].replace(os.sep, '/')) if lmdb else row['hazy'].replace(os.sep, '/')
-                gt_name = strip_ext(row['gt'].replace(os.sep, '/')) if lmdb else row['gt'].replace(os.sep, '/')
+                lq_name, gt_name = (self._csv_lmdb_key(row[k]) if lmdb else row[k].replace(os.sep, '/')
+                                    for k in ('hazy', 'gt'))
                 lq_ok = lq_name in self.lq_shapes if lmdb else osp.isfile(osp.join(self.lq_folder, lq_name))
                 gt_ok = (not self.gt_folder) or (gt_name in self.gt_shapes if lmdb else
                                                  osp.isfile(osp.join(self.gt_folder, gt_name)))

@@ -247,3 +247,34 @@ def test_validation_float_metrics_uint8_metrics_and_no_gt(tmp_path):
     assert model.metric_results == res  # unchanged: nothing to compare against
     assert sorted(os.listdir(tmp_path / 'exp' / 'vis' / 'nogt')) == ['im0_unit.png', 'im1_unit.png']
     assert not hasattr(model, 'gt')
+
+
+def test_online_clip_conditioning_is_frozen_and_outside_optimizer_and_checkpoints(tmp_path):
+    """A batch without conditioning gets it from a real (tiny) CLIP loaded from a file, built once and kept out of
+    the optimizer, net_g's state dict and the saved checkpoint."""
+    from _clip_helpers import make_tiny_clip, tiny_clip_opt
+    from mixcl_arch.clip import CLIPPrior, build_condition
+    clip_file = make_tiny_clip(tmp_path / 'tiny_clip.pt')
+    opt = model_opt(tmp_path)
+    opt['network_g']['num_cond'] = 1
+    opt['clip'] = tiny_clip_opt(clip_file)
+    model = build_model(opt)
+    data = batch(k=0)
+    model.feed_data(data)
+    provider = model._cond_provider
+    assert provider is not None and provider.source == 'clip'
+    expected = build_condition(CLIPPrior.from_opt(tiny_clip_opt(clip_file))(data['lq']), mode='hard')
+    torch.testing.assert_close(model.cond, expected.float(), atol=1e-5, rtol=1e-4)
+    model.feed_data(batch(k=0, seed=1))
+    assert model._cond_provider is provider, 'the CLIP prior is built once'
+
+    clip_params = {id(p) for p in provider.prior.model.parameters()}
+    assert clip_params and all(not p.requires_grad for p in provider.prior.model.parameters())
+    opt_params = {id(p) for g in model.optimizer_g.param_groups for p in g['params']}
+    assert not clip_params & opt_params
+    assert not any(id(m) == id(provider.prior.model) for m in model.net_g.modules())
+    model.optimize_parameters(1)
+    model.save(epoch=0, current_iter=1)
+    saved = torch.load(os.path.join(opt['path']['models'], 'net_g_1.pth'))['params']
+    assert set(saved) == set(model.net_g.state_dict())
+    assert not any('visual' in k or 'token_embedding' in k for k in saved)

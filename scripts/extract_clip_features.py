@@ -25,6 +25,7 @@ import os
 import os.path as osp
 import sys
 import time
+import urllib.parse
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
@@ -106,8 +107,10 @@ def list_keys(dataroot, meta_file=None):
     else:
         avail = scan_images(dataroot) if not meta_file else None
     if meta_file:
+        from mixcl_arch.data.clip_paired_image_dataset import CLIPPairedImageDataset
         names = [r['hazy'].replace(os.sep, '/') for r in read_pair_csv(meta_file)]
-        names = list(dict.fromkeys(strip_ext(n) if lmdb else n for n in names))
+        # the LMDB key of a CSV path follows scripts/create_lmdb.py (percent-encoded non-ASCII names)
+        names = list(dict.fromkeys(CLIPPairedImageDataset._csv_lmdb_key(n) if lmdb else n for n in names))
         if lmdb:
             have = set(avail)
             missing = [n for n in names if n not in have]
@@ -118,7 +121,17 @@ def list_keys(dataroot, meta_file=None):
         avail = names
     if not avail:
         raise ValueError(f'No images in {dataroot}.')
-    return [(k if lmdb else image_key(k), k) for k in avail], lmdb
+    # store keys are file names without extension, the same on disk and in LMDB (where non-ASCII keys are quoted)
+    items = [(urllib.parse.unquote(k) if lmdb else image_key(k), k) for k in avail]
+    seen, clashes = {}, []
+    for key, name in items:
+        if key in seen:
+            clashes.append(f'{seen[key]} / {name}')
+        seen.setdefault(key, name)
+    if clashes:
+        raise ValueError(f'{dataroot}: {len(clashes)} name(s) differ only by extension and would share one feature '
+                         f'store row: {clashes[:5]}. Rename or remove one of each.')
+    return items, lmdb
 
 
 class _Images:

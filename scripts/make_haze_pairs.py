@@ -32,6 +32,8 @@ import io
 import json
 import os
 import os.path as osp
+import re
+import shutil
 import sys
 import time
 
@@ -90,6 +92,10 @@ def parse_args(argv=None):
     if not 0.0 <= args.test_frac < 1.0:
         p.error('--test-frac must be in [0, 1)')
     return args
+
+
+# suffix of the hazy names written here: _<version>_<A>_<beta> (see the module docstring)
+HAZE_SUFFIX = re.compile(r'_\d+_\d+\.\d+_\d+\.\d+$')
 
 
 def list_images(folder):
@@ -259,8 +265,11 @@ def index_existing(args):
     rows, missing = [], []
     for rel in hazy:
         stem = osp.splitext(rel)[0]
+        # our own names first (<stem>_<k>_<A>_<beta>, the stem may contain '_'), then RESIDE's first token
+        ours = HAZE_SUFFIX.sub('', stem)
         head = osp.join(osp.dirname(stem), osp.basename(stem).split('_')[0]).replace(os.sep, '/').lstrip('./')
-        gt = gts.get(stem) or gts.get(head) or gts.get(osp.basename(stem).split('_')[0])
+        gt = gts.get(stem) or (gts.get(ours) if ours != stem else None) or gts.get(head) \
+            or gts.get(osp.basename(stem).split('_')[0])
         if gt is None:
             missing.append(rel)
             continue
@@ -296,6 +305,13 @@ def main(argv=None):
         meta = osp.join(args.output, split, 'meta.csv')
         if osp.exists(meta) and not args.overwrite:
             raise FileExistsError(f'{meta} exists: choose another --output or pass --overwrite')
+    if args.overwrite:
+        # a new split must not inherit files of the previous run (an old test image would stay beside train)
+        for split in ('train', 'test'):
+            for sub in ('hazy', 'GT'):
+                shutil.rmtree(osp.join(args.output, split, sub), ignore_errors=True)
+            if osp.exists(osp.join(args.output, split, 'meta.csv')):
+                os.remove(osp.join(args.output, split, 'meta.csv'))
 
     summary = {'output': osp.abspath(args.output), 'seed': args.seed, 'splits': {}}
     for split, items, n_ver in (('train', train, args.versions), ('test', test, args.test_versions)):

@@ -13,11 +13,12 @@ __all__ = ['IMG_EXTENSIONS', 'GT_NAME_RULES', 'scan_images', 'GTNameMapper', 'im
            'decode_image', 'read_pair_csv', 'first', 'standin_text_feature', 'random_crop_pair', 'augment_pair']
 
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-# stem up to the first underscore: ITS 1_1_0.90179 -> 1, OTS / SOTS 0025_0.8_0.1 -> 0025,
-# make_haze_pairs.py 0007_2_0.85_1.2 -> 0007
+# stem up to the first underscore: ITS 1_1_0.90179 -> 1, OTS / SOTS 0025_0.8_0.1 -> 0025
 _FIRST_TOKEN = (r'^([^_]+)_.*$', r'\1')
+# scripts/make_haze_pairs.py names: <stem>_<version>_<A>_<beta>, where <stem> may itself contain underscores
+_HAZE_PAIRS = (r'^(.*)_\d+_\d+\.\d+_\d+\.\d+$', r'\1')
 GT_NAME_RULES = {'identity': None, 'reside_its': _FIRST_TOKEN, 'reside_ots': _FIRST_TOKEN, 'reside': _FIRST_TOKEN,
-                 'first_underscore': _FIRST_TOKEN}
+                 'first_underscore': _FIRST_TOKEN, 'haze_pairs': _HAZE_PAIRS}
 
 
 def first(items, n=5):
@@ -58,7 +59,8 @@ class GTNameMapper:
 
     Args:
         rule (str): 'identity' (same name), 'reside_its' / 'reside_ots' / 'reside' / 'first_underscore' (stem up to
-            the first underscore), ignored when ``regex`` is given.
+            the first underscore), 'haze_pairs' (make_haze_pairs.py names ``<stem>_<k>_<A>_<beta>``, underscores
+            in the stem kept); ignored when ``regex`` is given.
         regex (str | None): Pattern applied (``re.sub``, once, full stem) to the hazy stem.
         repl (str | None): Replacement for ``regex`` (default ``\\1``).
 

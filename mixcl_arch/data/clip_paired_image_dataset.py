@@ -1,6 +1,7 @@
 """Paired hazy / clear dataset with CLIP conditioning (``CLIPPairedImageDataset``)."""
 import os
 import os.path as osp
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -49,8 +50,9 @@ class CLIPPairedImageDataset(data.Dataset):
               BasicSR sets it from the datasets key.
             - meta_file (str | None): Pair CSV (see above); needed by ``cond_source: oracle``.
             - meta_info_file (str | None): BasicSR meta info list.
-            - gt_name_rule (str): 'identity' (default, DehazeFormer layout), 'reside_its', 'reside_ots', 'reside'
-              or 'first_underscore' (stem up to the first underscore: ``1_1_0.90179.png`` -> ``1.*``,
+            - gt_name_rule (str): 'identity' (default, DehazeFormer layout), 'reside_its', 'reside_ots', 'reside',
+              'haze_pairs' (scripts/make_haze_pairs.py names ``<stem>_<k>_<A>_<beta>``) or 'first_underscore'
+              (stem up to the first underscore: ``1_1_0.90179.png`` -> ``1.*``,
               ``0025_0.8_0.1.jpg`` -> ``0025.*``).
             - gt_name_regex (str | None), gt_name_repl (str, default ``\\1``): custom hazy-stem -> GT-stem rule
               (``re.sub``), overrides gt_name_rule.
@@ -125,6 +127,20 @@ class CLIPPairedImageDataset(data.Dataset):
         return {strip_ext(key): (shape[0], shape[1]) for key, shape, _ in read_meta_info(folder)}
 
     @staticmethod
+    def _index_by_key(files, folder):
+        """{key: file}; two files with one key (``a.png`` and ``a.jpg``) would share pairs and CLIP features."""
+        index, clashes = {}, []
+        for rel in files:
+            key = image_key(rel)
+            if key in index:
+                clashes.append(f'{index[key]} / {rel}')
+            index.setdefault(key, rel)
+        if clashes:
+            raise ValueError(f'{folder}: {len(clashes)} name(s) differ only by extension, so their pairs and CLIP '
+                             f'features cannot be told apart: {first(clashes)}. Rename or remove one of each.')
+        return index
+
+    @staticmethod
     def _csv_lmdb_key(rel):
         """LMDB key of a CSV path: scripts/create_lmdb.py's rule (percent-encoded when the name is non-ASCII)."""
         from mixcl_arch.utils.lmdb_tools import path_to_key
@@ -144,11 +160,8 @@ class CLIPPairedImageDataset(data.Dataset):
         else:
             self.lq_shapes, self.gt_shapes = {}, {}
             lq_files = scan_images(self.lq_folder) if not opt.get('meta_file') else None
-            lq_index = None if lq_files is None else {image_key(r): r for r in lq_files}
-            gt_index = {}
-            if self.gt_folder:
-                for r in scan_images(self.gt_folder):
-                    gt_index.setdefault(image_key(r), r)
+            lq_index = None if lq_files is None else self._index_by_key(lq_files, self.lq_folder)
+            gt_index = self._index_by_key(scan_images(self.gt_folder), self.gt_folder) if self.gt_folder else {}
         self.domain_labels = None
         pairs, missing = [], []
         if opt.get('meta_file'):
@@ -201,7 +214,8 @@ class CLIPPairedImageDataset(data.Dataset):
         if not pairs:
             raise ValueError(f'No pairs found for {self.lq_folder}.')
         self.pairs = pairs
-        self.keys = [lq if lmdb else image_key(lq) for lq, _ in pairs]
+        # store keys are file names (LMDB keys of non-ASCII names are percent-encoded: decode them)
+        self.keys = [urllib.parse.unquote(lq) if lmdb else image_key(lq) for lq, _ in pairs]
 
     def cond_source_wants_oracle(self):
         return self.cond_source == 'oracle'

@@ -9,6 +9,8 @@ from basicsr.utils import FileClient, imfrombytes, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data as data
 
+from .clip_data_util import image_size, strip_ext, tail_ok
+
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
 
@@ -26,7 +28,8 @@ def _lmdb_keys(folder):
         raise FileNotFoundError(f'TransmissionPatchDataset: {meta} not found; {folder} is not a BasicSR LMDB '
                                 '(make one with scripts/create_lmdb.py).')
     with open(meta, encoding='utf-8') as f:
-        return [line.split(' ')[0] for line in f if line.strip()]
+        # BasicSR's own writer lists 'key.png' while the stored key has no extension
+        return [strip_ext(line.split(' ')[0]) for line in f if line.strip()]
 
 
 @DATASET_REGISTRY.register()
@@ -108,10 +111,31 @@ class TransmissionPatchDataset(data.Dataset):
                              f'{self.gt_folder}.')
         self.paths = names if backend == 'lmdb' else [osp.join(self.gt_folder, n) for n in names]
         self.cache = {} if opt.get('cache_images', False) else None
-        self._load(0)  # fail now, not at iteration 40,000, on an unreadable or too small image
+        self._check_all_images(backend)  # fail now, not at iteration 40,000
+        self._load(0)
         if self.cache is not None:
             self.cache.clear()  # workers fork with an empty cache
         self.file_client = None
+
+    def _check_all_images(self, backend):
+        """Every image readable (header, PNG/JPEG end marker) and at least ``patch_size`` on both sides."""
+        bad, small = [], []
+        if backend == 'lmdb':
+            from mixcl_arch.utils.lmdb_tools import read_meta_info
+            shapes = {strip_ext(k): shape for k, shape, _ in read_meta_info(self.gt_folder)}
+            sizes = [(p, shapes.get(p, (None, None))[:2]) for p in self.paths]
+        else:
+            sizes = [(p, image_size(p) if tail_ok(p) else None) for p in self.paths]
+        for path, hw in sizes:
+            if hw is None or hw[0] is None:
+                bad.append(path)
+            elif min(hw) < self.patch_size:
+                small.append(f'{path} ({hw[1]}x{hw[0]})')
+        if bad:
+            raise IOError(f'TransmissionPatchDataset: {len(bad)} unreadable or truncated image(s): {bad[:5]}')
+        if small:
+            raise ValueError(f'TransmissionPatchDataset: {len(small)} image(s) smaller than patch_size '
+                             f'{self.patch_size}: {small[:5]}')
 
     def _check_options(self):
         lo, hi = self.t_range if len(self.t_range) == 2 else (None, None)

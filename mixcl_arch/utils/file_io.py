@@ -10,6 +10,15 @@ import tempfile
 import cv2
 
 
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path):
     """Yield a binary file handle whose content replaces ``path`` only when the block succeeds."""
@@ -22,6 +31,7 @@ def atomic_open(path):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the mode open() would have
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

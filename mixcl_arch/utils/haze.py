@@ -72,8 +72,8 @@ def imread_rgb(path):
     img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError(f'Unreadable image (OpenCV cannot decode it): {path}')
-    scale = 65535.0 if img.dtype == np.uint16 else 255.0
-    img = img.astype(np.float32) / scale
+    scale = 65535.0 if img.dtype == np.uint16 else (1.0 if img.dtype.kind == 'f' else 255.0)
+    img = np.clip(img.astype(np.float32) / scale, 0.0, 1.0)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     elif img.shape[2] == 4:

@@ -72,7 +72,12 @@ def test_preset_parameter_counts_equal_reference(variant, plain, cl):
 
 
 def test_text_fusion_has_114_parameters_and_6_channel_embed():
-    assert n_params(CLIPTextFusion()) == 114
+    fusion = CLIPTextFusion()
+    assert n_params(fusion) == 114
+    # only q1, k2.weight, v2 and postProj_s reach the output; the rest are frozen (loadable, ignored by DDP/optim)
+    trainable = {n for n, p in fusion.named_parameters() if p.requires_grad}
+    assert trainable == {'q1.weight', 'q1.bias', 'k2.weight', 'v2.weight', 'v2.bias', 'postProj_s.weight',
+                         'postProj_s.bias'}
     assert tuple(MixCLDehazeNet('T').patch_embed.proj.weight.shape) == (24, 6, 3, 3)
 
 
@@ -220,6 +225,7 @@ def test_lean_fusion_equals_explicit_attention_forward_and_backward(text_scale):
     lean = fusion(x, text)
     ref_fusion = CLIPTextFusion()
     ref_fusion.load_state_dict(fusion.state_dict())
+    ref_fusion.k2.bias.requires_grad_(True)  # frozen in the module; its true gradient is checked to be 0 below
     text_ref = text.detach().clone().requires_grad_(True)
     ref = naive_fusion(ref_fusion, x, text_ref)
     torch.testing.assert_close(lean, ref, atol=1e-5, rtol=1e-4)
@@ -229,7 +235,7 @@ def test_lean_fusion_equals_explicit_attention_forward_and_backward(text_scale):
     (ref * g).sum().backward()
     for (name, a), b in zip(fusion.named_parameters(), ref_fusion.parameters()):
         if name == 'k2.bias':  # constant over the 512 positions: cancels in the softmax, so its gradient is 0
-            assert a.grad is None and b.grad.abs().max() < 1e-4
+            assert not a.requires_grad and a.grad is None and b.grad.abs().max() < 1e-4
         elif name.startswith(('q1', 'k2', 'v2', 'postProj_s')):
             torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-3, msg=name)
     torch.testing.assert_close(text.grad, text_ref.grad, atol=1e-4, rtol=1e-3)

@@ -44,10 +44,19 @@ def _free_port():
 
 @pytest.mark.skipif(shutil.which('torchrun') is None and not os.path.exists(
     os.path.join(os.path.dirname(sys.executable), 'torchrun')), reason='torchrun is part of torch; not on PATH')
-def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path):
+@pytest.mark.parametrize('net_type', ['MixDehazeNet', 'MixCLDehazeNet'])
+def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, net_type):
     make_pair_dataset(str(tmp_path / 'datasets' / 'tiny'), n_train=8)
+    net = None
+    if net_type == 'MixCLDehazeNet':
+        # conditioned net with online conditioning from a (tiny) CLIP: the fusion keeps reference parameters that
+        # never get a gradient, which DDP must tolerate
+        from _clip_helpers import make_tiny_clip, tiny_clip_opt
+        net = dict(type='MixCLDehazeNet', embed_dims=[8, 16, 16, 16, 8], depths=[1] * 5, data_range='unit')
     opt = tiny_train_opt(os.path.join('datasets', 'tiny'), name='tiny_ddp', total_iter=3, periods=3, save_freq=3,
-                         val_freq=3)
+                         val_freq=3, net=net)
+    if net is not None:
+        opt['clip'] = tiny_clip_opt(make_tiny_clip(tmp_path / 'tiny_clip.pt'))
     opt['model_type'] = 'RankDumpDehazeModel'
     yml = write_yaml(opt, tmp_path / 'ddp.yml')
     script = tmp_path / 'ddp_train.py'

@@ -277,7 +277,8 @@ class CLIPTextFusion(nn.Module):
     post-projection gives ``out_chans`` channels. Because k_j = w_k * t_j + b_k and v_j = w_v * t_j + b_v, the
     attention equals ``a * E(alpha) + c`` with alpha = (q . w_k) / sqrt(proj_dim) and E the tilted mean of t, so no
     (H*W) x text_dim matrix is needed. ``k1``, ``v1``, ``q2`` and ``postProj_t`` only fed the reference's text-update
-    branch, whose result the backbone never uses; they are kept (114 parameters in all) so official weights load.
+    branch, whose result the backbone never uses; they are kept (114 parameters in all) so official weights load,
+    and frozen (as is ``k2.bias``, which cancels in the softmax) so that DDP and optimizers ignore them.
 
     Args:
         in_chans (int): Image channels (3).
@@ -300,6 +301,11 @@ class CLIPTextFusion(nn.Module):
         self.proj_dim = proj_dim
         self.text_dim = text_dim
         self.max_elements = max_elements
+        # never reach the output (text-update branch; b_k cancels in the softmax): frozen, so that optimizers skip
+        # them and DDP does not wait for gradients that never come. They stay in the state dict for strict loading.
+        for module in (self.k1, self.v1, self.q2, self.postProj_t):
+            module.requires_grad_(False)
+        self.k2.bias.requires_grad_(False)
 
     def forward(self, x, text):
         """

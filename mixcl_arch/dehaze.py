@@ -115,6 +115,27 @@ def compare_path(args, out_path):
     return os.path.join(base, 'compare', os.path.relpath(out_path, base))
 
 
+def exclude_own_outputs(images, args):
+    """Drop inputs that this tool wrote: files under OUT (when OUT is a sub-folder of the input, e.g. with
+    --recursive) and OUT/compare, and, when input and output are one folder, names ending in ``--suffix``.
+    A re-run then never dehazes its own results again."""
+    if os.path.isfile(args.input):
+        return images
+    out_dir = os.path.realpath(args.output)
+    in_dir = os.path.realpath(args.input)
+    kept = []
+    for path, rel in images:
+        real = os.path.realpath(path)
+        if out_dir != in_dir and (real.startswith(out_dir + os.sep)):
+            continue
+        if real.startswith(os.path.join(out_dir, 'compare') + os.sep):
+            continue
+        if out_dir == in_dir and args.suffix and os.path.splitext(rel)[0].endswith(args.suffix):
+            continue
+        kept.append((path, rel))
+    return kept
+
+
 def _same_file(a, b):
     return os.path.exists(b) and os.path.samefile(a, b)
 
@@ -150,6 +171,7 @@ def main(argv=None):
     except FileNotFoundError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
+    images = exclude_own_outputs(images, args)
     for path in others:
         print(f'skipped (not an image, supported: {" ".join(IMG_EXTENSIONS)}): {path}', file=sys.stderr)
     if not images:
@@ -168,6 +190,7 @@ def main(argv=None):
     from tqdm import tqdm
     stats = {'processed': 0, 'skipped_existing': 0, 'skipped_non_image': len(others), 'failed': 0}
     failures, written, seconds = [], set(), 0.0
+    input_files = {os.path.realpath(p) for p, _ in images}
     bar = tqdm(images, desc='dehaze', unit='img', file=sys.stderr, dynamic_ncols=True)
     for in_path, rel in bar:
         bar.set_postfix_str(rel[-40:])
@@ -179,11 +202,12 @@ def main(argv=None):
             tqdm.write(f'failed (unreadable): {in_path}: {err}', file=sys.stderr)
             continue
         out_path = output_path(args, in_path, rel, info)
-        if _same_file(in_path, out_path):
+        if _same_file(in_path, out_path) or os.path.realpath(out_path) in input_files:
             stats['failed'] += 1
-            failures.append((in_path, f'output {out_path} is the input file itself'))
-            tqdm.write(f'failed: the output {out_path} would replace its own input; choose another --output.',
-                       file=sys.stderr)
+            what = 'its own input' if _same_file(in_path, out_path) else 'another input image'
+            failures.append((in_path, f'output {out_path} would replace {what}'))
+            tqdm.write(f'failed: the output {out_path} would replace {what}; choose another --output or --suffix '
+                       '(inputs are never overwritten, not even with --overwrite).', file=sys.stderr)
             continue
         if out_path in written:
             stats['failed'] += 1

@@ -598,3 +598,25 @@ def test_recursive_mirrors_subfolders(tmp_path, capsys):
     assert main(['-i', str(d), '-o', str(tmp_path / 'rec'), '--method', 'hazy', '--recursive']) == 0
     assert _summary(capsys.readouterr().out)['processed'] == 2  # hidden folders are skipped
     assert (tmp_path / 'rec' / 'sub' / 'deeper' / 'b.jpg').is_file() and (tmp_path / 'rec' / 'a.png').is_file()
+
+
+def test_inputs_are_never_overwritten_and_own_outputs_are_not_reprocessed(tmp_path, capsys):
+    d = tmp_path / 'in'
+    d.mkdir()
+    a_jpg = np.random.default_rng(1).integers(0, 255, (9, 11, 3), dtype=np.uint8)
+    a_png = np.random.default_rng(2).integers(0, 255, (9, 11, 3), dtype=np.uint8)
+    _write(d / 'a.jpg', a_jpg)
+    _write(d / 'a.png', a_png)
+    before = (d / 'a.png').read_bytes()
+    # a.jpg -> in/a.png would replace another input: refused even with --overwrite
+    main(['-i', str(d), '-o', str(d), '--method', 'hazy', '--ext', 'png', '--overwrite'])
+    assert (d / 'a.png').read_bytes() == before
+    assert 'would replace another input image' in capsys.readouterr().err
+    # same folder with a suffix: a re-run does not dehaze its own results again
+    assert main(['-i', str(d), '-o', str(d), '--method', 'hazy', '--suffix', '_d', '--ext', 'png']) == 0
+    assert main(['-i', str(d), '-o', str(d), '--method', 'hazy', '--suffix', '_d', '--ext', 'png']) == 0
+    assert sorted(p.name for p in d.iterdir()) == ['a.jpg', 'a.png', 'a_d.png']
+    # an output folder inside the input tree is not read back with --recursive
+    assert main(['-i', str(d), '-o', str(d / 'out'), '--method', 'hazy', '--recursive', '--compare']) == 0
+    assert main(['-i', str(d), '-o', str(d / 'out'), '--method', 'hazy', '--recursive', '--compare']) == 0
+    assert not any('out' in p.relative_to(d / 'out').parts for p in (d / 'out').rglob('*') if p.is_file())

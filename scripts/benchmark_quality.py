@@ -38,6 +38,7 @@ opt=options/test/test_AODNet_demo.yml
 """
 import argparse
 import csv
+import hashlib
 import io
 import json
 import math
@@ -63,7 +64,7 @@ from mixcl_arch.utils.flops import count_macs, format_count  # noqa: E402
 from mixcl_arch.utils.haze import atomic_imwrite, atomic_write_text, imread_rgb  # noqa: E402
 
 IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
-RESULT_FIELDS = ['image', 'gt', 'domain', 'method', 'psnr', 'ssim', 'time_ms', 'height', 'width']
+RESULT_FIELDS = ['image', 'gt', 'domain', 'method', 'psnr', 'ssim', 'time_ms', 'height', 'width', 'config']
 SUMMARY_FIELDS = ['method', 'domain', 'images', 'psnr', 'ssim', 'time_ms', 'params', 'macs_256']
 SPEC_KEYS = ('name', 'method', 'weights', 'opt')
 
@@ -275,13 +276,27 @@ def _sync(device):
 
 # ---------------------------------------------------------------------------------------------------------------
 # outputs
+def method_config(m, device):
+    """Short hash of everything that decides a method's rows: method, parameters, device, and the weights / options
+    files (path, size, mtime). A resumed run reuses rows only for an unchanged configuration."""
+    def file_id(path):
+        if not path:
+            return None
+        st = os.stat(path)
+        return [osp.abspath(path), st.st_size, int(st.st_mtime)]
+
+    blob = json.dumps([m['method'], file_id(m['weights']), file_id(m['opt']), sorted(m['params'].items()), str(device)],
+                      default=str, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 def read_results(path):
     if not osp.isfile(path):
         return []
     with open(path, newline='', encoding='utf-8') as f:
         rows = list(csv.DictReader(f))
-    if rows and set(RESULT_FIELDS) - set(rows[0]):
+    if rows and set(RESULT_FIELDS) - {'config'} - set(rows[0]):
         raise ValueError(f'{path}: not a results file of this script (columns {list(rows[0])}); use another --out '
                          'or --no-resume.')
     return rows
@@ -443,6 +458,9 @@ def run(args):
     os.makedirs(args.out, exist_ok=True)
     results_path = osp.join(args.out, 'results.csv')
     rows = [] if args.no_resume else read_results(results_path)
+    configs = {m['name']: method_config(m, args.device) for m in methods}
+    # rows of a method whose configuration changed (other weights, options, parameters, device) are recomputed
+    rows = [r for r in rows if r['method'] not in configs or r.get('config') == configs[r['method']]]
     done = {(r['image'], r['method']) for r in rows}
     cells, costs, pending = {}, {}, 0
 
@@ -486,7 +504,8 @@ def run(args):
                 g = torch.from_numpy(gt.transpose(2, 0, 1)).unsqueeze(0)
                 rows.append({'image': it['image'], 'gt': it['gt'], 'domain': it['domain'], 'method': m['name'],
                              'psnr': f'{calculate_psnr_dehaze(y, g):.4f}', 'ssim': f'{calculate_ssim_dehaze(y, g):.6f}',
-                             'time_ms': f'{ms:.3f}', 'height': hazy.shape[0], 'width': hazy.shape[1]})
+                             'time_ms': f'{ms:.3f}', 'height': hazy.shape[0], 'width': hazy.shape[1],
+                             'config': configs[m['name']]})
                 done.add((it['image'], m['name']))
                 pending += 1
                 if pending >= args.flush_every:

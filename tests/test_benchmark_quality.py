@@ -175,3 +175,21 @@ def _write_meta(tmp_path):
     with open(path, 'w') as f:
         f.write('hazy,gt\nimg0.png,img0.png\n')
     return path
+
+
+def test_resume_recomputes_a_method_whose_configuration_changed(tmp_path):
+    root = str(tmp_path / 'set')
+    _make_set(root)
+    out = str(tmp_path / 'bench')
+    common = ['--data', root, '--out', out, '--quiet', '--figure', '0']
+    bq.main(common + ['--method', 'name=DCP,method=dcp,omega=0.95,gf_radius=4'])
+    first = {r['image']: r['psnr'] for r in _read(osp.join(out, 'results.csv'))}
+    bq.main(common + ['--method', 'name=DCP,method=dcp,omega=0.3,gf_radius=4'])
+    rows = _read(osp.join(out, 'results.csv'))
+    assert len(rows) == 3 and len({r['config'] for r in rows}) == 1
+    assert all(first[r['image']] != r['psnr'] for r in rows), 'old rows of another omega were reused'
+    fresh = str(tmp_path / 'fresh')
+    bq.main(['--data', root, '--out', fresh, '--quiet', '--figure', '0', '--method',
+             'name=DCP,method=dcp,omega=0.3,gf_radius=4'])
+    assert {r['image']: r['psnr'] for r in rows} == {r['image']: r['psnr'] for r in _read(osp.join(fresh,
+                                                                                                   'results.csv'))}

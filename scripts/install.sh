@@ -9,9 +9,11 @@ if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
   # shellcheck disable=SC2086
   "$PY" -m pip install -q ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
 fi
-# installed, and installed from this checkout (an editable install of another clone does not count)
-where=$("$PY" -c 'import mixcl_arch, os; print(os.path.dirname(os.path.dirname(mixcl_arch.__file__)))' 2>/dev/null || true)
-if ! "$PY" -c "import mixcl_arch, pytest, pytorch_msssim, open_clip, lmdb, skimage" >/dev/null 2>&1 \
+# installed (checked from outside the checkout, so the source folder itself does not count), and installed from
+# this checkout (an editable install of another clone does not count)
+where=$(cd / && "$PY" -c 'import mixcl_arch, os; print(os.path.dirname(os.path.dirname(mixcl_arch.__file__)))' \
+        2>/dev/null || true)
+if ! (cd / && "$PY" -c "import mixcl_arch, pytest, pytorch_msssim, open_clip, lmdb, skimage") >/dev/null 2>&1 \
    || [ "$where" != "$PWD" ]; then
   echo "[install] pip install -e '.[test]'"
   "$PY" -m pip install -q -e '.[test]'

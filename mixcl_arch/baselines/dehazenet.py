@@ -16,8 +16,9 @@ Steps (every parameter is a key of :data:`DEHAZENET_RECOVERY_DEFAULTS`):
 on clamp(I / A, 0, 1) and that t is used. Without it (the paper's single pass) a darker A (e.g. 0.75) makes the haze
 look thinner than in training and t is over-estimated (under-dehazed output). False gives the single pass.
 
-The network runs on the whole image (or on overlapping tiles with ``tile``; t is local, receptive field 22 px, so
-tiles with a 32 px overlap give the same map); A and the guided filter always use the whole image.
+The network runs on the whole image (or on overlapping tiles with ``tile``; t is local, each output pixel sees 11 px
+on each side, and tiled_forward ignores the outer quarter of an overlap, so tiles overlapping by >= 44 px give the
+same map; smaller overlaps are raised to 44); A and the guided filter always use the whole image.
 """
 import math
 
@@ -121,7 +122,12 @@ def dehazenet_recover(x, t, top_ratio=0.01, atmo_mode='grey', a_min=0.05, refine
     return J
 
 
-def predict_transmission(net, x, tile=None, tile_overlap=32):
+# each t pixel depends on 11 px on each side (5x5 conv 2, 7x7 conv 3, 7x7 pool 3, 6x6 conv 3); tiled_forward gives
+# weight 0 to the outer quarter of every overlap, so exact tiling needs an overlap of at least 4 * 11
+SEAMLESS_OVERLAP = 44
+
+
+def predict_transmission(net, x, tile=None, tile_overlap=SEAMLESS_OVERLAP):
     """DehazeNet's transmission map of the input's size, optionally computed on overlapping tiles.
 
     Args:
@@ -129,7 +135,7 @@ def predict_transmission(net, x, tile=None, tile_overlap=32):
             (B, 1, H, W)).
         x (Tensor): (B, 3, H, W) in [0, 1], on the net's device.
         tile (int | None): Tile size (None / 0: whole image).
-        tile_overlap (int): Tile overlap in pixels (>= 22, the receptive field, gives a seamless map).
+        tile_overlap (int): Tile overlap in pixels; raised to :data:`SEAMLESS_OVERLAP` (44) when smaller.
 
     Returns:
         Tensor: (B, 1, H, W).
@@ -137,7 +143,11 @@ def predict_transmission(net, x, tile=None, tile_overlap=32):
     if not tile:
         return net(x)
     from mixcl_arch.utils.tiling import tiled_forward
-    return tiled_forward(net, x, tile=int(tile), overlap=int(tile_overlap), out_channels=1)
+    overlap = max(int(tile_overlap), SEAMLESS_OVERLAP)
+    if overlap >= int(tile):
+        raise ValueError(f'DehazeNet tiles need tile > {overlap} px (the overlap that makes them seamless), got '
+                         f'tile={tile}.')
+    return tiled_forward(net, x, tile=int(tile), overlap=overlap, out_channels=1)
 
 
 def dehazenet_dehaze(net, x, tile=None, tile_overlap=32, **params):

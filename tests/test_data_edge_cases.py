@@ -41,9 +41,10 @@ def test_overwrite_rerun_drops_the_previous_split(tmp_path):
     for name in ('a', 'b', 'c'):
         _img(tmp_path / 'clean' / f'{name}.png', seed=ord(name))
     out = tmp_path / 'out'
-    mhp.main(['--input', str(tmp_path / 'clean'), '--output', str(out), '--versions', '1', '--test-names', 'a', '--domain', 'outdoor'])
+    args = ['--input', str(tmp_path / 'clean'), '--output', str(out), '--versions', '1', '--domain', 'outdoor']
+    mhp.main(args + ['--test-names', 'a'])
     assert {r['gt'] for r in _rows(out / 'test' / 'meta.csv')} == {'a.png'}
-    mhp.main(['--input', str(tmp_path / 'clean'), '--output', str(out), '--versions', '1', '--overwrite', '--domain', 'outdoor'])
+    mhp.main(args + ['--overwrite'])
     assert not (out / 'test').exists() or not any((out / 'test').rglob('*.png'))
     assert not (out / 'test' / 'meta.csv').exists()
     assert {r['gt'] for r in _rows(out / 'train' / 'meta.csv')} == {'a.png', 'b.png', 'c.png'}

@@ -1,4 +1,5 @@
 """Dehazing-protocol metrics (against pytorch_msssim) and the ResNet contrastive regularisation loss."""
+import copy
 import math
 import time
 
@@ -116,10 +117,16 @@ def test_cr_loss_matches_reference_formula(resnet18_file):
     assert 'ContrastLossRes' in LOSS_REGISTRY
     pred, gt = _pair(32, 32, seed=4, b=2)
     hazy = gt * 0.6 + 0.35
+    # the reference's ResNet stays in training mode: BatchNorm uses each call's batch statistics
     with torch.no_grad():
-        ref = 0.1 * _reference_cr(net, pred, gt, hazy)
+        ref = 0.1 * _reference_cr(copy.deepcopy(net).train(), pred, gt, hazy)
+        ref_frozen = 0.1 * _reference_cr(copy.deepcopy(net).eval(), pred, gt, hazy)
     assert loss(pred, gt, hazy).item() == pytest.approx(ref.item(), rel=1e-5)
     assert loss(gt, gt, hazy).item() == pytest.approx(0, abs=1e-7)
+    frozen = build_loss(dict(type='ContrastLossRes', loss_weight=0.1, resnet_path=str(path), depth=18,
+                             batchnorm='frozen'))
+    assert frozen(pred, gt, hazy).item() == pytest.approx(ref_frozen.item(), rel=1e-5)
+    assert abs(ref.item() - ref_frozen.item()) > 1e-6 * abs(ref.item()), 'the two BatchNorm modes must differ'
 
 
 def test_cr_loss_frozen_and_differentiable_in_pred(resnet18_file):
@@ -128,7 +135,7 @@ def test_cr_loss_frozen_and_differentiable_in_pred(resnet18_file):
     loss.train()
     assert not loss.features.training
     assert all(not p.requires_grad for p in loss.parameters())
-    pred, gt = _pair(32, 32, seed=5)
+    pred, gt = _pair(64, 64, seed=5)  # batch-statistics BatchNorm needs > 1 value per channel at stride 32
     pred.requires_grad_(True)
     loss(pred, gt, gt * 0.5 + 0.4).backward()
     assert pred.grad is not None and pred.grad.abs().sum() > 0

@@ -73,12 +73,14 @@ class ResNetStages(nn.Module):
     Args:
         depth (int): 18, 34, 50, 101 or 152.
         weights_path (str | None): Weights file; None leaves the random init (only useful in tests).
+        batch_stats (bool): BatchNorm with batch statistics, as the reference (True), or ImageNet running
+            statistics (False).
 
     Shapes:
         forward(x): (B, 3, H, W) -> list of 4 tensors, strides 4, 8, 16, 32.
     """
 
-    def __init__(self, depth=152, weights_path=None):
+    def __init__(self, depth=152, weights_path=None, batch_stats=True):
         super().__init__()
         if depth not in RESNET_DEPTHS:
             raise ValueError(f'ContrastLossRes: depth must be one of {RESNET_DEPTHS}, got {depth}.')
@@ -91,6 +93,13 @@ class ResNetStages(nn.Module):
         self.slice4 = net.layer4
         for p in self.parameters():
             p.requires_grad_(False)
+        if batch_stats:
+            # the reference never puts its ResNet in eval mode: BatchNorm normalises with each call's batch
+            # statistics. Dropping the running buffers gives exactly that in any mode, without mutating state.
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.track_running_stats = False
+                    m.running_mean = m.running_var = m.num_batches_tracked = None
         self.eval()
 
     def train(self, mode=True):
@@ -120,6 +129,9 @@ class ContrastLossRes(nn.Module):
             mean/std normalisation.
         ablation (bool): Drop the negative (denominator), as the reference's ``ablation=True``.
         eps (float): Added to the negative distance (1e-7).
+        batchnorm (str): 'batch' (default): the ResNet's BatchNorm uses each call's batch statistics, as the
+            reference, whose ResNet stays in training mode (needs B * H/32 * W/32 > 1, as the reference does);
+            'frozen': ImageNet running statistics.
 
     Shapes:
         forward(pred, target, negative): three (B, 3, H, W) tensors in [0, 1] -> scalar.
@@ -132,8 +144,11 @@ class ContrastLossRes(nn.Module):
                  layer_weights=(1. / 16, 1. / 8, 1. / 4, 1.),
                  input_range='signed',
                  ablation=False,
-                 eps=1e-7):
+                 eps=1e-7,
+                 batchnorm='batch'):
         super().__init__()
+        if batchnorm not in ('batch', 'frozen'):
+            raise ValueError(f"ContrastLossRes: batchnorm must be 'batch' or 'frozen', got {batchnorm!r}.")
         if input_range not in INPUT_RANGES:
             raise ValueError(f'ContrastLossRes: input_range must be one of {INPUT_RANGES}, got {input_range!r}.')
         if len(layer_weights) != 4:
@@ -143,7 +158,7 @@ class ContrastLossRes(nn.Module):
         self.input_range = input_range
         self.ablation = bool(ablation)
         self.eps = float(eps)
-        self.features = ResNetStages(depth, find_resnet_weights(depth, resnet_path))
+        self.features = ResNetStages(depth, find_resnet_weights(depth, resnet_path), batchnorm == 'batch')
         self.register_buffer('mean', torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 

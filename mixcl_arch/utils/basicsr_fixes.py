@@ -100,6 +100,10 @@ def init_dist(launcher, backend=None, **kwargs):
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
         dist.init_process_group(backend=backend, **kwargs)
     elif launcher == 'slurm':
+        if not torch.cuda.is_available():
+            # BasicSR's slurm setup calls torch.cuda.set_device(proc_id % device_count) and fails without CUDA
+            raise RuntimeError('--launcher slurm needs CUDA GPUs; on CPU-only machines use torchrun --nproc_per_node=N '
+                               'mixcl_arch/train.py -opt X --launcher pytorch (gloo).')
         from basicsr.utils import dist_util
         dist_util._init_dist_slurm(backend, **kwargs)
     else:

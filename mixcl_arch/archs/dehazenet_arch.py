@@ -17,7 +17,8 @@ that the output has the input's size on any H x W, and training uses exactly the
 A 16x16 training patch synthesised with one constant t gets a 16x16 map of targets (every pixel regresses the
 patch's t, the paper's locally constant transmission assumption), so each patch gives 256 targets instead of one and
 the network that is trained is the network that runs on full images. The receptive field is 22x22 pixels (11 px
-each side); pixels near a patch border see reflected content in training, like pixels near the image border at inference.
+each side); pixels near a patch border see reflected content in training, like pixels near the image border at
+inference.
 """
 import torch
 import torch.nn.functional as F

@@ -99,7 +99,7 @@ def is_lmdb(path):
 def list_keys(dataroot, meta_file=None):
     """[(key, name)]: store key and the name to read (relative path on disk, key in an LMDB)."""
     from mixcl_arch.clip import image_key
-    from mixcl_arch.data.clip_data_util import read_pair_csv, scan_images, strip_ext
+    from mixcl_arch.data.clip_data_util import index_unique, read_pair_csv, scan_images, strip_ext
     lmdb = is_lmdb(dataroot)
     if lmdb:
         from mixcl_arch.utils.lmdb_tools import read_meta_info
@@ -123,14 +123,7 @@ def list_keys(dataroot, meta_file=None):
         raise ValueError(f'No images in {dataroot}.')
     # store keys are file names without extension, the same on disk and in LMDB (where non-ASCII keys are quoted)
     items = [(urllib.parse.unquote(k) if lmdb else image_key(k), k) for k in avail]
-    seen, clashes = {}, []
-    for key, name in items:
-        if key in seen:
-            clashes.append(f'{seen[key]} / {name}')
-        seen.setdefault(key, name)
-    if clashes:
-        raise ValueError(f'{dataroot}: {len(clashes)} name(s) differ only by extension and would share one feature '
-                         f'store row: {clashes[:5]}. Rename or remove one of each.')
+    index_unique(items, dataroot)
     return items, lmdb
 
 

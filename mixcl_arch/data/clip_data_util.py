@@ -9,7 +9,7 @@ import zlib
 import cv2
 import numpy as np
 
-__all__ = ['IMG_EXTENSIONS', 'GT_NAME_RULES', 'scan_images', 'GTNameMapper', 'image_size', 'tail_ok',
+__all__ = ['IMG_EXTENSIONS', 'GT_NAME_RULES', 'index_unique', 'scan_images', 'GTNameMapper', 'image_size', 'tail_ok',
            'decode_image', 'read_pair_csv', 'first', 'standin_text_feature', 'random_crop_pair', 'augment_pair']
 
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -26,6 +26,21 @@ def first(items, n=5):
     items = [str(i) for i in items]
     more = f', ... (+{len(items) - n} more)' if len(items) > n else ''
     return ', '.join(items[:n]) + more
+
+
+def index_unique(items, where):
+    """{key: name} from (key, name) pairs; names that share a key (``a.png`` and ``a.jpg``) raise ValueError, since
+    their pairs and CLIP features could not be told apart."""
+    index, clashes = {}, []
+    for key, name in items:
+        if key in index:
+            clashes.append(f'{index[key]} / {name}')
+        else:
+            index[key] = name
+    if clashes:
+        raise ValueError(f'{where}: {len(clashes)} name(s) differ only by extension, so their pairs and CLIP '
+                         f'features cannot be told apart: {first(clashes)}. Rename or remove one of each.')
+    return index
 
 
 def scan_images(folder):

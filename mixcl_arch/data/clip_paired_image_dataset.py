@@ -13,8 +13,8 @@ from torch.utils import data
 from mixcl_arch.clip.conditioning import COND_MODES, PRIMARY_SET, parse_extra
 from mixcl_arch.clip.store import FeatureStore, image_key
 
-from .clip_data_util import (GTNameMapper, augment_pair, decode_image, first, image_size, random_crop_pair,
-                             read_pair_csv, scan_images, standin_text_feature, strip_ext, tail_ok)
+from .clip_data_util import (GTNameMapper, augment_pair, decode_image, first, image_size, index_unique,
+                             random_crop_pair, read_pair_csv, scan_images, standin_text_feature, strip_ext, tail_ok)
 
 COND_SOURCES = ('store', 'oracle', 'none')
 
@@ -127,20 +127,6 @@ class CLIPPairedImageDataset(data.Dataset):
         return {strip_ext(key): (shape[0], shape[1]) for key, shape, _ in read_meta_info(folder)}
 
     @staticmethod
-    def _index_by_key(files, folder):
-        """{key: file}; two files with one key (``a.png`` and ``a.jpg``) would share pairs and CLIP features."""
-        index, clashes = {}, []
-        for rel in files:
-            key = image_key(rel)
-            if key in index:
-                clashes.append(f'{index[key]} / {rel}')
-            index.setdefault(key, rel)
-        if clashes:
-            raise ValueError(f'{folder}: {len(clashes)} name(s) differ only by extension, so their pairs and CLIP '
-                             f'features cannot be told apart: {first(clashes)}. Rename or remove one of each.')
-        return index
-
-    @staticmethod
     def _csv_lmdb_key(rel):
         """LMDB key of a CSV path: scripts/create_lmdb.py's rule (percent-encoded when the name is non-ASCII)."""
         from mixcl_arch.utils.lmdb_tools import path_to_key
@@ -160,8 +146,11 @@ class CLIPPairedImageDataset(data.Dataset):
         else:
             self.lq_shapes, self.gt_shapes = {}, {}
             lq_files = scan_images(self.lq_folder) if not opt.get('meta_file') else None
-            lq_index = None if lq_files is None else self._index_by_key(lq_files, self.lq_folder)
-            gt_index = self._index_by_key(scan_images(self.gt_folder), self.gt_folder) if self.gt_folder else {}
+            lq_index = None if lq_files is None else index_unique([(image_key(r), r) for r in lq_files],
+                                                                  self.lq_folder)
+            gt_index = {}
+            if self.gt_folder:
+                gt_index = index_unique([(image_key(r), r) for r in scan_images(self.gt_folder)], self.gt_folder)
         self.domain_labels = None
         pairs, missing = [], []
         if opt.get('meta_file'):

@@ -6,3 +6,16 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import mixcl_arch  # noqa: E402,F401  (registers everything and patches basicsr before tests import it)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """Small convolutions run far faster single-threaded on a shared 2-core machine; modules opt in with
+    ``pytestmark = pytest.mark.usefixtures('one_thread')``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

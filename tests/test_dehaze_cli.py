@@ -36,13 +36,7 @@ def _save_store(path, feats):
     return str(path)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """The tiny nets are far faster single-threaded on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _cl_net(seed=0, **kw):

@@ -7,13 +7,7 @@ from mixcl_arch.archs.mixdehazenet_arch import MixDehazeNet
 from mixcl_arch.utils.tiling import axis_weights, tile_starts, tiled_forward
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Small convolutions run far faster single-threaded on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _local_net(radius_layers=3):

@@ -4,7 +4,12 @@
 torch/torchvision are required but deliberately not pinned: install the build you want first
 (``pip install torch==2.14.1 torchvision==0.29.1`` works offline on the project machines).
 """
-from setuptools import find_packages, setup
+import os
+
+from setuptools import Command, find_packages, setup
+from setuptools.command.build import build
+
+HOOK_PTH = 'mixcl_arch_hook.pth'
 
 
 def get_version():
@@ -12,6 +17,37 @@ def get_version():
     with open('mixcl_arch/version.py', encoding='utf-8') as f:
         exec(f.read(), namespace)
     return namespace['__version__']
+
+
+class build_hook_pth(Command):
+    """Ship ``mixcl_arch_hook.pth`` at the root of site-packages (BasicSR import hook, see ``mixcl_arch_hook.py``).
+
+    Wheels install ``build_lib`` into site-packages. Editable wheels (setuptools >= 64) only map sources; their
+    contents come from the ``install`` command's ``install_lib``, which setuptools points at the editable wheel.
+    """
+    description = f'copy {HOOK_PTH} to the root of the installed packages'
+    user_options = []
+
+    def initialize_options(self):
+        self.build_lib = None
+        self.editable_mode = False
+
+    def finalize_options(self):
+        self.set_undefined_options('build_py', ('build_lib', 'build_lib'))
+
+    def run(self):
+        target = self.get_finalized_command('install').install_lib if self.editable_mode else self.build_lib
+        self.copy_file(HOOK_PTH, os.path.join(target, HOOK_PTH))
+
+    def get_outputs(self):
+        return [] if self.editable_mode else [os.path.join(self.build_lib, HOOK_PTH)]
+
+    def get_source_files(self):
+        return [HOOK_PTH]
+
+
+class build_with_hook_pth(build):
+    sub_commands = build.sub_commands + [('build_hook_pth', None)]
 
 
 with open('README.md', encoding='utf-8') as f:
@@ -26,6 +62,8 @@ setup(
     keywords='computer vision, image dehazing, basicsr, clip',
     url='https://example.invalid/mixcl_arch',
     packages=find_packages(exclude=('options', 'tests', 'scripts', 'docs')),
+    py_modules=['mixcl_arch_hook'],
+    cmdclass={'build': build_with_hook_pth, 'build_hook_pth': build_hook_pth},
     include_package_data=True,
     python_requires='>=3.9',
     install_requires=[
@@ -39,11 +77,18 @@ setup(
         'numpy',
         'tensorboard',
         'pytorch-msssim',
+        'safetensors',
         'scikit-image',
         'tqdm',
     ],
-    extras_require={'test': ['pytest']},
-    entry_points={'console_scripts': ['mixcl-dehaze=mixcl_arch.dehaze:main']},
+    extras_require={'test': ['pytest'], 'mamba': ['mamba_ssm']},
+    entry_points={
+        'console_scripts': [
+            'mixcl-dehaze=mixcl_arch.dehaze:main',
+            'mixcl-train=mixcl_arch.train:main',
+            'mixcl-test=mixcl_arch.test:main',
+        ]
+    },
     classifiers=[
         'Programming Language :: Python :: 3',
         'License :: OSI Approved :: Apache Software License',

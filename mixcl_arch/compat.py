@@ -1,13 +1,15 @@
-"""The one place where mixcl_arch patches BasicSR 1.4.2 for current torch / torchvision.
+"""The one place where mixcl_arch makes ``import basicsr`` (1.4.2) work on current torchvision.
 
 BasicSR 1.4.2 (the last PyPI release, 2022) does ``from torchvision.transforms.functional_tensor import
 rgb_to_grayscale`` in ``basicsr/data/degradations.py``. torchvision 0.17 removed that private module, so
 ``import basicsr`` fails with ModuleNotFoundError on any current torchvision. We register a small alias module
-before BasicSR is imported; it forwards to the public ``torchvision.transforms.functional``. This module must be
-imported before anything imports basicsr, which ``mixcl_arch/__init__.py`` guarantees.
+before BasicSR is imported; it forwards to the public ``torchvision.transforms.functional``. This module must run
+before anything imports basicsr: ``mixcl_arch/__init__.py`` imports it first, and the BasicSR import hook
+(``mixcl_arch_hook.py``) runs this file on its own, outside the package, when another program imports basicsr first.
+So it must stay self-contained: no imports from ``mixcl_arch``, idempotent.
 
-The other 1.4.2 flaws (resume on torch >= 2.6 and on CPU, experiments root) are fixed in the entry points
-(``mixcl_arch/train.py``) because they live in BasicSR functions, not in imports.
+The other 1.4.2 flaws (resume on torch >= 2.6 and on CPU, experiments root) live in BasicSR functions, not in
+imports: ``mixcl_arch/utils/basicsr_fixes.py`` and ``mixcl_arch/basicsr_hook.py`` fix them.
 """
 import sys
 import types

@@ -3,8 +3,13 @@
 Also installed as the console script ``mixcl-dehaze``. IN is an image file or a folder (jpg, jpeg, png, webp, bmp,
 tif, tiff; ``--recursive`` for sub-folders, mirrored under OUT); no ground truth is needed. See docs/inference.md.
 
-Exit status: 0 when at least one image was written (or every image already had an output), 1 when nothing could be
-processed (no images, every image failed, or the model could not be built), 2 for command-line errors.
+Every image is checked before it is decoded: one over ``--max-pixels`` (from its header), unreadable, out of memory
+or failing in the network is skipped with its reason and the run goes on; the summary is always printed. Outputs
+never replace an input, and ``--overwrite`` replaces only files this tool recorded as its own (OUT/.mixcl_outputs.jsonl,
+see :mod:`mixcl_arch.utils.output_guard`).
+
+Exit status: 0 when nothing failed and every image has its output (written now or already there), 1 when any image
+failed or nothing could be processed (no images, or the model could not be built), 2 for command-line errors.
 """
 import argparse
 import dataclasses
@@ -15,8 +20,11 @@ import time
 import warnings
 
 from mixcl_arch.restorers import METHODS, ConditioningFallbackWarning, build_restorer
-from mixcl_arch.utils.image_io import IMG_EXTENSIONS, img2tensor01, is_image_file, output_extension, \
-    read_image, side_by_side, tensor2img01, write_image
+from mixcl_arch.utils.image_io import DEFAULT_MAX_PIXELS, IMG_EXTENSIONS, img2tensor01, is_image_file, \
+    output_extension, read_image, side_by_side, tensor2img01, write_image
+from mixcl_arch.utils.output_guard import MANIFEST_NAME, OutputManifest, path_relation
+
+TOOL = 'mixcl-dehaze'
 
 
 def parse_args(argv=None):
@@ -34,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument('--param', action='append', default=[], metavar='KEY=VALUE',
                    help='option of a baseline method (repeatable), e.g. --method dcp --param omega=0.9')
     p.add_argument('--param-key', default=None, help='weights key (default: params_ema, then params, then state_dict)')
+    p.add_argument('--allow-unsafe-pickle', action='store_true',
+                   help='fully unpickle a legacy --weights file that torch.load(weights_only=True) refuses. DANGEROUS: '
+                   'unpickling can execute arbitrary code; only for files you trust (see README "Safety")')
     p.add_argument('--device', default='auto', help='auto (default: CUDA when available), cpu, cuda or cuda:N')
     amp = p.add_mutually_exclusive_group()
     amp.add_argument('--fp16', action='store_true', help='float16 autocast (meant for CUDA; works on CPU too)')
@@ -43,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument('--clip-model', default=None, help='open_clip model name (overrides clip.model)')
     p.add_argument('--clip-pretrained', default=None,
                    help='CLIP weights: open_clip tag or local file (overrides clip.pretrained)')
+    p.add_argument('--clip-torchscript', action='store_true',
+                   help='the CLIP weights file is a TorchScript archive such as OpenAI\'s ViT-B-32.pt (sets '
+                   'clip.torchscript; TorchScript is code: only for files you trust)')
     p.add_argument('--cond-mode', default=None, choices=('hard', 'soft'),
                    help='CLIP conditioning mode (default: from the YAML, else hard)')
     p.add_argument('--cond-fallback', default=None,
@@ -60,7 +74,11 @@ def parse_args(argv=None):
                    help='alpha channel of RGBA inputs: keep (default, copied unchanged) or drop')
     p.add_argument('--quality', type=int, default=95, help='JPEG/WebP quality (default 95)')
     p.add_argument('--recursive', action='store_true', help='also process sub-folders')
+    p.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS,
+                   help='skip images whose header declares more pixels (default 200000000 or $MIXCL_MAX_PIXELS)')
     args = p.parse_args(argv)
+    if args.max_pixels < 1:
+        p.error(f'--max-pixels must be a positive pixel count, got {args.max_pixels}')
     if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):
         p.error(f'need --tile 0 (off) or --tile > --tile-overlap >= 0, got {args.tile} and {args.tile_overlap}')
     if args.ext != 'auto' and '.' + args.ext.lower().lstrip('.') not in IMG_EXTENSIONS:
@@ -92,7 +110,7 @@ def collect_inputs(path, recursive=False):
     images, others = [], []
     for root, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if not d.startswith('.')) if recursive else []
-        for name in sorted(files):
+        for name in sorted(f for f in files if f != MANIFEST_NAME):
             full = os.path.join(root, name)
             (images if is_image_file(name) else others).append(full)
     return [(f, os.path.relpath(f, path)) for f in sorted(images)], sorted(others)
@@ -108,36 +126,47 @@ def output_path(args, in_path, rel, info):
     return os.path.join(args.output, stem + args.suffix + ext)
 
 
+def output_root(args):
+    """The folder all outputs (and the manifest) go under: OUT, or the named output file's folder."""
+    if os.path.isfile(args.input) and is_image_file(args.output):
+        return os.path.dirname(os.path.abspath(args.output))
+    return args.output
+
+
 def compare_path(args, out_path):
     """The side-by-side image's path: OUT/compare/<same relative name>."""
-    base = args.output if not (os.path.isfile(args.input) and is_image_file(args.output)) else \
-        os.path.dirname(os.path.abspath(args.output))
+    base = output_root(args)
     return os.path.join(base, 'compare', os.path.relpath(out_path, base))
 
 
-def exclude_own_outputs(images, args):
-    """Drop inputs that this tool wrote: files under OUT (when OUT is a sub-folder of the input, e.g. with
-    --recursive) and OUT/compare, and, when input and output are one folder, names ending in ``--suffix``.
-    A re-run then never dehazes its own results again."""
+def exclude_own_outputs(images, args, manifest):
+    """Split the inputs into those to process and outputs of this tool that must not be dehazed again.
+
+    Dropped quietly: files recorded in ``manifest``; with OUT (or OUT/compare) inside the input tree
+    (``--recursive``), anything under it. Dropped with a reason: when input and output are one folder, unrecorded
+    names ending in ``--suffix`` (most likely outputs of a run before manifests existed, but possibly real photos:
+    they are listed).
+
+    Returns:
+        tuple[list, int, list[str]]: Kept (path, rel) pairs, the number of own outputs dropped, and the paths
+        dropped because of their suffix.
+    """
     if os.path.isfile(args.input):
-        return images
-    out_dir = os.path.realpath(args.output)
-    in_dir = os.path.realpath(args.input)
-    kept = []
+        return images, 0, []
+    nested = path_relation(args.output, args.input) == 'inside'
+    same = path_relation(args.output, args.input) == 'same'
+    compare = os.path.join(args.output, 'compare')
+    compare_in_input = path_relation(compare, args.input) == 'inside'
+    kept, own, by_suffix = [], 0, []
     for path, rel in images:
-        real = os.path.realpath(path)
-        if out_dir != in_dir and (real.startswith(out_dir + os.sep)):
-            continue
-        if real.startswith(os.path.join(out_dir, 'compare') + os.sep):
-            continue
-        if out_dir == in_dir and args.suffix and os.path.splitext(rel)[0].endswith(args.suffix):
-            continue
-        kept.append((path, rel))
-    return kept
-
-
-def _same_file(a, b):
-    return os.path.exists(b) and os.path.samefile(a, b)
+        if manifest.owns(path) or (nested and path_relation(path, args.output) == 'inside') \
+                or (compare_in_input and path_relation(path, compare) == 'inside'):
+            own += 1
+        elif same and args.suffix and os.path.splitext(rel)[0].endswith(args.suffix):
+            by_suffix.append(path)
+        else:
+            kept.append((path, rel))
+    return kept, own, by_suffix
 
 
 def _build(args):
@@ -149,18 +178,62 @@ def _build(args):
             clip['model'] = args.clip_model
         if args.clip_pretrained:
             clip['pretrained'] = args.clip_pretrained
+        if args.clip_torchscript:
+            clip['torchscript'] = True
         kwargs = dict(param_key=args.param_key, clip=clip, cond_mode=args.cond_mode, cond_fallback=args.cond_fallback,
-                      feature_store=args.feature_store, tile=args.tile or None, tile_overlap=args.tile_overlap, amp=amp)
+                      feature_store=args.feature_store, tile=args.tile or None, tile_overlap=args.tile_overlap, amp=amp,
+                      allow_unsafe_pickle=args.allow_unsafe_pickle)
     else:
         kwargs = dict(kv.split('=', 1) for kv in args.param)
         if args.method == 'dehazenet':  # its transmission net tiles too; A and refinement use the whole image
             kwargs.setdefault('tile', args.tile)
             kwargs.setdefault('tile_overlap', args.tile_overlap)
+            if args.allow_unsafe_pickle:
+                kwargs['allow_unsafe_pickle'] = True
         if amp:
             print(f'note: --fp16/--bf16 only apply to --method net; ignored for {args.method}.', file=sys.stderr)
     with warnings.catch_warnings():  # main() prints the restorer's notes itself
         warnings.simplefilter('ignore', ConditioningFallbackWarning)
         return build_restorer(args.method, weights=args.weights, opt=args.opt, device=args.device, **kwargs)
+
+
+def _replace_check(targets, args, manifest):
+    """Why the existing files among ``targets`` may not be written now, or None when all may be.
+
+    Returns:
+        tuple[str, str] | None: ('skipped', the line to print) or ('failed', the reason).
+    """
+    existing = [t for t in targets if os.path.exists(t)]
+    if not existing:
+        return None
+    if not args.overwrite:
+        return 'skipped', f'skipped (output exists, use --overwrite): {", ".join(existing)}'
+    foreign = [t for t in existing if not manifest.owns(t)]
+    if foreign:
+        return 'failed', (f'{", ".join(foreign)} exists and was not written by this tool (no matching record in '
+                          f'{manifest.path}); not replaced even with --overwrite: move it away or choose another '
+                          '--output')
+    return None
+
+
+def _targets(args, in_path, rel, info, input_files, written):
+    """Output (and compare) paths of one image, or the reason they cannot be written.
+
+    Returns:
+        tuple[list[str], str | None]: The paths, and None or why writing them would destroy something.
+    """
+    out_path = output_path(args, in_path, rel, info)
+    targets = [out_path] + ([compare_path(args, out_path)] if args.compare else [])
+    for target, kind in zip(targets, ('output', 'compare image')):
+        real = os.path.realpath(target)
+        if path_relation(in_path, target) == 'same' or real in input_files:
+            what = 'its own input' if path_relation(in_path, target) == 'same' else 'another input image'
+            return targets, (f'the {kind} {target} would replace {what}; choose another --output or --suffix '
+                             '(inputs are never overwritten, not even with --overwrite)')
+        if real in written:
+            return targets, (f'{kind} {target} already written by another input in this run (same name, '
+                             'different extension); use --ext auto or separate folders')
+    return targets, None
 
 
 def main(argv=None):
@@ -171,11 +244,24 @@ def main(argv=None):
     except FileNotFoundError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
-    images = exclude_own_outputs(images, args)
+    manifest = OutputManifest(output_root(args), TOOL)
+    found = len(images)
+    images, own, by_suffix = exclude_own_outputs(images, args, manifest)
     for path in others:
         print(f'skipped (not an image, supported: {" ".join(IMG_EXTENSIONS)}): {path}', file=sys.stderr)
+    if own:
+        print(f'note: {own} file(s) in the input are outputs of this tool and are not dehazed again.', file=sys.stderr)
+    for path in by_suffix:
+        print(f'skipped (name ends with --suffix {args.suffix!r} and input = output folder, so it looks like an '
+              f'output; rename it or use another --suffix to process it): {path}', file=sys.stderr)
     if not images:
-        what = 'is not an image file' if os.path.isfile(args.input) else 'contains no images'
+        if os.path.isfile(args.input):
+            what = 'is not an image file'
+        elif found:
+            what = (f'contains no images to process ({found} found: {own} outputs of this tool, {len(by_suffix)} '
+                    'named with the --suffix)')
+        else:
+            what = 'contains no images'
         print(f'error: {args.input} {what} (supported extensions: {" ".join(IMG_EXTENSIONS)}); nothing to do.',
               file=sys.stderr)
         return 1
@@ -188,62 +274,65 @@ def main(argv=None):
         print(f'note: {note}', file=sys.stderr)
 
     from tqdm import tqdm
-    stats = {'processed': 0, 'skipped_existing': 0, 'skipped_non_image': len(others), 'failed': 0}
+    stats = {'processed': 0, 'skipped_existing': 0, 'skipped_non_image': len(others),
+             'skipped_suffix': len(by_suffix), 'failed': 0}
     failures, written, seconds = [], set(), 0.0
     input_files = {os.path.realpath(p) for p, _ in images}
-    bar = tqdm(images, desc='dehaze', unit='img', file=sys.stderr, dynamic_ncols=True)
-    for in_path, rel in bar:
-        bar.set_postfix_str(rel[-40:])
-        try:
-            rgb, info = read_image(in_path)
-        except (ValueError, FileNotFoundError, OSError) as err:
-            stats['failed'] += 1
-            failures.append((in_path, str(err)))
-            tqdm.write(f'failed (unreadable): {in_path}: {err}', file=sys.stderr)
-            continue
-        out_path = output_path(args, in_path, rel, info)
-        if _same_file(in_path, out_path) or os.path.realpath(out_path) in input_files:
-            stats['failed'] += 1
-            what = 'its own input' if _same_file(in_path, out_path) else 'another input image'
-            failures.append((in_path, f'output {out_path} would replace {what}'))
-            tqdm.write(f'failed: the output {out_path} would replace {what}; choose another --output or --suffix '
-                       '(inputs are never overwritten, not even with --overwrite).', file=sys.stderr)
-            continue
-        if out_path in written:
-            stats['failed'] += 1
-            failures.append((in_path, f'output name {out_path} already used by another input'))
-            tqdm.write(f'failed: {in_path}: output {out_path} already written by another input in this run '
-                       '(same name, different extension); use --ext auto or separate folders.', file=sys.stderr)
-            continue
-        if os.path.exists(out_path) and not args.overwrite:
-            stats['skipped_existing'] += 1
-            tqdm.write(f'skipped (output exists, use --overwrite): {out_path}', file=sys.stderr)
-            continue
-        try:
-            start = time.perf_counter()
-            result = tensor2img01(restorer(img2tensor01(rgb)))
-            seconds += time.perf_counter() - start
-            write_image(result, out_path, info, args.alpha, args.quality)
-            written.add(out_path)
-            if args.compare:
-                plain = dataclasses.replace(info, alpha=None)
-                write_image(side_by_side(rgb, result), compare_path(args, out_path), plain, 'drop', args.quality)
-        except Exception as err:  # one bad image must not stop a folder run; it is reported below
-            stats['failed'] += 1
-            failures.append((in_path, f'{type(err).__name__}: {err}'))
-            tqdm.write(f'failed: {in_path}: {type(err).__name__}: {err}', file=sys.stderr)
-            continue
-        stats['processed'] += 1
-    bar.close()
 
-    stats['seconds_per_image'] = round(seconds / stats['processed'], 4) if stats['processed'] else None
-    print(f"done: {stats['processed']} processed, {stats['skipped_existing']} skipped (output exists), "
-          f"{stats['skipped_non_image']} skipped (not an image), {stats['failed']} failed -> {args.output}")
-    for path, why in failures:
-        print(f'  failed: {path}: {why}')
-    print('summary: ' + json.dumps(dict(stats, method=restorer.name, num_params=restorer.num_params)))
-    ok = stats['processed'] > 0 or (stats['failed'] == 0 and stats['skipped_existing'] > 0)
-    return 0 if ok else 1
+    def fail(path, why, label='failed'):
+        stats['failed'] += 1
+        failures.append((path, why))
+        tqdm.write(f'{label}: {path}: {why}', file=sys.stderr)
+
+    bar = tqdm(images, desc='dehaze', unit='img', file=sys.stderr, dynamic_ncols=True)
+    try:
+        for in_path, rel in bar:
+            bar.set_postfix_str(rel[-40:])
+            try:
+                rgb, info = read_image(in_path, args.max_pixels)
+            except MemoryError:
+                fail(in_path, 'out of memory while decoding', 'failed (unreadable)')
+                continue
+            except (ValueError, OSError) as err:
+                fail(in_path, str(err), 'failed (unreadable)')
+                continue
+            targets, problem = _targets(args, in_path, rel, info, input_files, written)
+            if problem:
+                fail(in_path, problem)
+                continue
+            written.update(os.path.realpath(t) for t in targets)  # reserved, so a name clash is always reported
+            refusal = _replace_check(targets, args, manifest)
+            if refusal and refusal[0] == 'skipped':
+                stats['skipped_existing'] += 1
+                tqdm.write(refusal[1], file=sys.stderr)
+                continue
+            if refusal:
+                fail(in_path, refusal[1])
+                continue
+            try:
+                start = time.perf_counter()
+                result = tensor2img01(restorer(img2tensor01(rgb)))
+                seconds += time.perf_counter() - start
+                write_image(result, targets[0], info, args.alpha, args.quality)
+                manifest.record(targets[0])
+                if args.compare:
+                    plain = dataclasses.replace(info, alpha=None)
+                    write_image(side_by_side(rgb, result), targets[1], plain, 'drop', args.quality)
+                    manifest.record(targets[1])
+            except Exception as err:  # one bad image (MemoryError included) must not stop a folder run
+                fail(in_path, f'{type(err).__name__}: {err}')
+                continue
+            stats['processed'] += 1
+    finally:  # the summary is printed even when the run is interrupted
+        bar.close()
+        stats['seconds_per_image'] = round(seconds / stats['processed'], 4) if stats['processed'] else None
+        print(f"done: {stats['processed']} processed, {stats['skipped_existing']} skipped (output exists), "
+              f"{stats['skipped_non_image']} skipped (not an image), {stats['skipped_suffix']} skipped (--suffix "
+              f"name), {stats['failed']} failed -> {args.output}")
+        for path, why in failures:
+            print(f'  failed: {path}: {why}')
+        print('summary: ' + json.dumps(dict(stats, method=restorer.name, num_params=restorer.num_params)))
+    return 0 if stats['failed'] == 0 and stats['processed'] + stats['skipped_existing'] > 0 else 1
 
 
 if __name__ == '__main__':

@@ -21,11 +21,11 @@ import os
 import warnings
 
 import torch
-import yaml
 
 from mixcl_arch.utils.checkpoint import check_state_dict, extract_state_dict, infer_arch_from_state_dict, \
     load_checkpoint_file
 from mixcl_arch.utils.device import resolve_device  # noqa: F401  (public here too)
+from mixcl_arch.utils.options import load_yaml_file
 from mixcl_arch.utils.tiling import tiled_forward
 
 METHODS = ('net', 'hazy', 'dcp', 'dehazenet')
@@ -59,8 +59,7 @@ def load_options(opt):
     path = os.fspath(opt)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'Options file not found: {path}')
-    with open(path, encoding='utf-8') as f:
-        data = yaml.safe_load(f)
+    data = load_yaml_file(path)
     if not isinstance(data, dict):
         raise ValueError(f'{path}: expected a YAML mapping with sections like network_g and clip.')
     return data
@@ -91,18 +90,20 @@ def _infer_fusion_opts(state):
     }
 
 
-def build_net_from_checkpoint(weights, opt=None, param_key=None, strict=None):
+def build_net_from_checkpoint(weights, opt=None, param_key=None, strict=None, allow_unsafe_pickle=False):
     """Build a network and load its weights.
 
     Args:
-        weights (str | None): Checkpoint (BasicSR ``params``/``params_ema`` or official ``state_dict`` format).
-            None uses ``opt['path']['pretrain_network_g']``.
+        weights (str | None): Checkpoint (BasicSR ``params``/``params_ema``, official ``state_dict`` format, or
+            safetensors). None uses ``opt['path']['pretrain_network_g']``.
         opt (dict | None): Options with ``network_g`` (any registered arch). Without it the MixDehazeNet family is
             inferred from the checkpoint: MixDehazeNet vs MixCLDehazeNet (``text_emb.*`` keys), stage widths and
             depths, number of conditioning vectors, fusion sizes; built with ``data_range='unit'``.
-        param_key (str | None): Preferred weights key; None -> ``opt['path']['param_key_g']`` or 'params_ema'
-            (falls back to 'params', then 'state_dict').
+        param_key (str | None): Weights key; None -> ``opt['path']['param_key_g']``, else auto ('params_ema',
+            then 'params', then 'state_dict'). An explicit key that the file lacks is an error.
         strict (bool | None): Require an exact key match; None -> ``opt['path']['strict_load_g']``, default True.
+        allow_unsafe_pickle (bool): Fully unpickle a legacy checkpoint that ``weights_only`` refuses (it can run
+            code); also enabled by ``opt['path']['allow_unsafe_pickle'] is True``.
 
     Returns:
         tuple[nn.Module, dict]: The network in eval mode on CPU, and the network options used.
@@ -112,10 +113,11 @@ def build_net_from_checkpoint(weights, opt=None, param_key=None, strict=None):
     weights = weights or path_opt.get('pretrain_network_g')
     if not weights:
         raise ValueError('No network weights given: pass --weights FILE (or set path.pretrain_network_g in the YAML).')
-    param_key = param_key or path_opt.get('param_key_g') or 'params_ema'
+    param_key = param_key or path_opt.get('param_key_g')
     if strict is None:
         strict = path_opt.get('strict_load_g', True) is not False
-    state = extract_state_dict(load_checkpoint_file(weights), param_key, weights)
+    unsafe = allow_unsafe_pickle or path_opt.get('allow_unsafe_pickle') is True
+    state = extract_state_dict(load_checkpoint_file(weights, unsafe), param_key, weights)
     if opt.get('network_g'):
         from basicsr.archs import build_network
         net_opt = copy.deepcopy(opt['network_g'])
@@ -350,7 +352,9 @@ def build_restorer(method, weights=None, opt=None, device='cpu', **kwargs):
         device (str | torch.device): 'cpu', 'cuda', 'cuda:1' or 'auto'.
         **kwargs: For 'dcp' / 'dehazenet', passed to the baseline class. For 'net':
 
-            - ``param_key`` (str): weights key, default ``path.param_key_g`` or 'params_ema' (then 'params').
+            - ``param_key`` (str): weights key, default ``path.param_key_g``, else auto ('params_ema', then
+              'params', then 'state_dict').
+            - ``allow_unsafe_pickle`` (bool): fully unpickle a legacy checkpoint (it can run code; default False).
             - ``clip`` (dict): overrides of the ``clip:`` options, e.g. ``{'pretrained': '/path/clip.pt'}``.
             - ``cond_mode`` ('hard' | 'soft') and ``cond_extra`` (list): default from the YAML, else 'hard', [].
             - ``cond_fallback`` (str): 'error', 'none' or a domain name; used only when the CLIP weights are
@@ -386,12 +390,15 @@ def build_restorer(method, weights=None, opt=None, device='cpu', **kwargs):
         return _lazy_baseline('dehazenet')(weights, device=str(device), **kwargs)
 
     allowed = {'param_key', 'clip', 'cond_mode', 'cond_extra', 'cond_fallback', 'feature_store', 'tile', 'tile_overlap',
-               'tile_align', 'amp', 'strict'}
+               'tile_align', 'amp', 'strict', 'allow_unsafe_pickle'}
     unknown = set(kwargs) - allowed
     if unknown:
         raise ValueError(f"Unknown options for method 'net': {sorted(unknown)}; allowed: {sorted(allowed)}.")
+    unsafe = kwargs.get('allow_unsafe_pickle', False)
+    if not isinstance(unsafe, bool):
+        raise ValueError(f'allow_unsafe_pickle must be true or false, got {unsafe!r}.')
     opt = load_options(opt)
-    net, net_opt = build_net_from_checkpoint(weights, opt, kwargs.get('param_key'), kwargs.get('strict'))
+    net, net_opt = build_net_from_checkpoint(weights, opt, kwargs.get('param_key'), kwargs.get('strict'), unsafe)
     cond = None
     num_cond = int(getattr(net, 'num_cond', 0) or 0)
     if num_cond > 0:

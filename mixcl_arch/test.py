@@ -1,8 +1,8 @@
 """Test entry point: ``python mixcl_arch/test.py -opt options/test/<file>.yml``.
 
 Importing :mod:`mixcl_arch` registers everything, :func:`mixcl_arch.utils.basicsr_fixes.apply_basicsr_fixes` repairs
-BasicSR 1.4.2 on current torch, then BasicSR's ``test_pipeline`` writes ``results/<name>/`` (log, images) under the
-current working directory.
+BasicSR 1.4.2 on current torch (option files loaded safely and checked first, one run per results folder), then
+BasicSR's ``test_pipeline`` writes ``results/<name>/`` (log, images) under the current working directory.
 """
 import os
 import sys
@@ -14,15 +14,26 @@ if __name__ == '__main__' and not __package__:
     sys.path.insert(0, os.path.dirname(_here))
 
 import mixcl_arch  # noqa: E402,F401  (registrations + torchvision compat, before basicsr)
-from mixcl_arch.utils.basicsr_fixes import apply_basicsr_fixes, normalize_argv  # noqa: E402
+from mixcl_arch.utils.basicsr_fixes import (RunFolderInUseError, apply_basicsr_fixes, normalize_argv,  # noqa: E402
+                                             release_run_locks)
+from mixcl_arch.utils.options import OptionError  # noqa: E402
 
 
 def main(root_path=None):
-    """Run BasicSR's test_pipeline with ``root_path`` (default: the current working directory)."""
+    """Run BasicSR's test_pipeline with ``root_path`` (default: the current working directory).
+
+    A bad option file (:class:`OptionError`) or a run folder in use by another run exits with status 1 and a one-line
+    message instead of a traceback.
+    """
     apply_basicsr_fixes()
     normalize_argv()
     from basicsr.test import test_pipeline
-    test_pipeline(os.path.abspath(root_path or os.getcwd()))
+    try:
+        test_pipeline(os.path.abspath(root_path or os.getcwd()))
+    except (OptionError, RunFolderInUseError) as err:
+        sys.exit(f'{os.path.basename(sys.argv[0])}: error: {err}')
+    finally:
+        release_run_locks()
 
 
 if __name__ == '__main__':

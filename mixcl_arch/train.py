@@ -2,7 +2,8 @@
 
 Thin like HAT / Real-ESRGAN: importing :mod:`mixcl_arch` registers the archs, datasets, models, losses and metrics,
 :func:`mixcl_arch.utils.basicsr_fixes.apply_basicsr_fixes` repairs BasicSR 1.4.2 on current torch (resume without
-CUDA / on torch >= 2.6, DDP on CPU with gloo, ``--local-rank``), then BasicSR's ``train_pipeline`` runs with
+CUDA / on torch >= 2.6, DDP on CPU with gloo, ``--local-rank``) and makes it safe (option files loaded with a safe
+YAML loader and checked before any work, one run per experiment folder), then BasicSR's ``train_pipeline`` runs with
 ``experiments/``, ``tb_logger/`` under the current working directory. Distributed:
 ``torchrun --nproc_per_node=N mixcl_arch/train.py -opt X --launcher pytorch``.
 """
@@ -16,15 +17,26 @@ if __name__ == '__main__' and not __package__:
     sys.path.insert(0, os.path.dirname(_here))
 
 import mixcl_arch  # noqa: E402,F401  (registrations + torchvision compat, before basicsr)
-from mixcl_arch.utils.basicsr_fixes import apply_basicsr_fixes, normalize_argv  # noqa: E402
+from mixcl_arch.utils.basicsr_fixes import (RunFolderInUseError, apply_basicsr_fixes, normalize_argv,  # noqa: E402
+                                             release_run_locks)
+from mixcl_arch.utils.options import OptionError  # noqa: E402
 
 
 def main(root_path=None):
-    """Run BasicSR's train_pipeline with ``root_path`` (default: the current working directory)."""
+    """Run BasicSR's train_pipeline with ``root_path`` (default: the current working directory).
+
+    A bad option file (:class:`OptionError`) or a run folder in use by another run exits with status 1 and a one-line
+    message instead of a traceback.
+    """
     apply_basicsr_fixes()
     normalize_argv()
     from basicsr.train import train_pipeline
-    train_pipeline(os.path.abspath(root_path or os.getcwd()))
+    try:
+        train_pipeline(os.path.abspath(root_path or os.getcwd()))
+    except (OptionError, RunFolderInUseError) as err:
+        sys.exit(f'{os.path.basename(sys.argv[0])}: error: {err}')
+    finally:
+        release_run_locks()
 
 
 if __name__ == '__main__':

@@ -56,12 +56,13 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 import mixcl_arch  # noqa: E402,F401  (patches basicsr before anything imports it)
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from mixcl_arch.metrics.dehaze_metric import calculate_psnr_dehaze, calculate_ssim_dehaze  # noqa: E402
 from mixcl_arch.utils.flops import count_macs, format_count  # noqa: E402
 from mixcl_arch.utils.haze import atomic_imwrite, atomic_write_text, imread_rgb  # noqa: E402
+from mixcl_arch.utils.options import load_yaml_file, safe_load  # noqa: E402
+from mixcl_arch.utils.output_guard import check_outputs_apart  # noqa: E402
 
 IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 RESULT_FIELDS = ['image', 'gt', 'domain', 'method', 'psnr', 'ssim', 'time_ms', 'height', 'width', 'config']
@@ -100,7 +101,6 @@ class PairedSet:
         if meta is not None and not osp.isfile(meta):
             raise FileNotFoundError(f'Pair CSV not found: {meta}')
         self.meta = meta
-        self._envs = {}
         self.items = self._pairs_from_csv(meta) if meta else self._pairs_by_name()
         if not self.items:
             raise ValueError(f'{root}: no hazy/GT pairs found.')
@@ -138,7 +138,8 @@ class PairedSet:
         return [{'image': hazy[s], 'gt': gt[s], 'domain': ''} for s in sorted(hazy)]
 
     def _lmdb_keys(self, sub):
-        from mixcl_arch.utils.lmdb_tools import read_meta_info
+        from mixcl_arch.utils.lmdb_tools import lmdb_env, read_meta_info
+        lmdb_env(osp.join(self.root, f'{sub}.lmdb'))  # a zero-byte or truncated data.mdb fails here, not with SIGBUS
         return {k for k, _, _ in read_meta_info(osp.join(self.root, f'{sub}.lmdb'))}
 
     def read(self, item):
@@ -154,11 +155,8 @@ class PairedSet:
         return hazy, gt
 
     def _read_lmdb(self, sub, rel):
-        import lmdb
-        if sub not in self._envs:
-            self._envs[sub] = lmdb.open(osp.join(self.root, f'{sub}.lmdb'), readonly=True, lock=False,
-                                        readahead=False, meminit=False)
-        with self._envs[sub].begin(write=False) as txn:
+        from mixcl_arch.utils.lmdb_tools import lmdb_env
+        with lmdb_env(osp.join(self.root, f'{sub}.lmdb')).begin(write=False) as txn:
             buf = txn.get(_lmdb_key(rel).encode('ascii'))
         if buf is None:
             raise FileNotFoundError(f'Key {_lmdb_key(rel)!r} missing in {sub}.lmdb')
@@ -202,7 +200,7 @@ def parse_method_spec(spec):
         if key in SPEC_KEYS:
             out[key] = value
         else:
-            out['params'][key] = yaml.safe_load(value) if value else None
+            out['params'][key] = safe_load(value) if value else None
     return normalize_method(out, spec)
 
 
@@ -232,8 +230,7 @@ def normalize_method(entry, where):
 def load_methods(args):
     methods = []
     if args.methods_yaml:
-        with open(args.methods_yaml, encoding='utf-8') as f:
-            data = yaml.safe_load(f)
+        data = load_yaml_file(args.methods_yaml)
         if isinstance(data, dict):
             data = data.get('methods')
         if not isinstance(data, list):
@@ -452,6 +449,8 @@ def run(args):
         torch.set_num_threads(args.threads)
     methods = load_methods(args)
     data = PairedSet(args.data, args.meta)
+    inputs = [args.data, args.meta, args.methods_yaml] + [m[k] for m in methods for k in ('weights', 'opt')]
+    check_outputs_apart([args.out], inputs, '--out')
     items = data.items[:args.max_images] if args.max_images else data.items
     fig_items = pick_figure_items(items, args.figure, args.seed)
     fig_keys = {it['image'] for it in fig_items}

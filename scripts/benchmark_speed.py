@@ -76,7 +76,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def model_opt(args, recipe, device):
+def model_opt(args, recipe, device, tmp):
+    """MixCLDehazeModel options of a training recipe; ``tmp`` (a temporary folder) stands in for every output path."""
     cuda = device.type == 'cuda'
     train = dict(
         optim_g=dict(type='AdamW', lr=1e-4, weight_decay=0, betas=[0.9, 0.999]),
@@ -87,7 +88,6 @@ def model_opt(args, recipe, device):
     else:
         train['amp'] = 'bf16'
         train['compile'] = bool(cuda and not args.no_compile)
-    tmp = tempfile.mkdtemp(prefix='bench_speed_')
     return dict(name='bench', model_type='MixCLDehazeModel', num_gpu=1 if cuda else 0, is_train=True, dist=False,
                 rank=0, world_size=1, manual_seed=0, datasets={},
                 network_g=dict(type='MixCLDehazeNet', variant=args.variant, data_range='unit'), train=train,
@@ -102,7 +102,13 @@ def worker_train(args, recipe):
     from basicsr.models import build_model
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
-    model = build_model(model_opt(args, recipe, device))
+    with tempfile.TemporaryDirectory(prefix='bench_speed_') as tmp:  # the model wants output paths; nothing is saved
+        return _train_steps(args, build_model(model_opt(args, recipe, device, tmp)), recipe, device)
+
+
+def _train_steps(args, model, recipe, device):
+    """Warm-up, then ``args.iters`` timed optimizer steps of ``model`` on one fixed batch."""
+    import torch
     b, s = args.batch, args.crop
     g = torch.Generator().manual_seed(0)
     gt = torch.rand(b, 3, s, s, generator=g)

@@ -14,9 +14,14 @@ Single-folder mode::
 
 Keys are relative paths without extension (``sub/0001_0.8_0.2``); the map size is computed from the data; every
 value is read back and compared to its source (disable with --no-verify). Prints a JSON summary.
+
+Safety: no database may equal, contain or sit inside an image folder or copied file, and ``--overwrite`` replaces
+only folders that hold nothing but an LMDB (data.mdb, lock.mdb, meta_info.txt). Both are checked before anything is
+written.
 """
 import argparse
 import json
+import os
 import os.path as osp
 import shutil
 import sys
@@ -25,6 +30,9 @@ import time
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mixcl_arch.utils.haze import atomic_write_bytes  # noqa: E402
 from mixcl_arch.utils.lmdb_tools import make_lmdb_from_folder  # noqa: E402
+from mixcl_arch.utils.output_guard import check_outputs_apart  # noqa: E402
+
+LMDB_FILES = {'data.mdb', 'lock.mdb', 'meta_info.txt'}
 
 
 def parse_args(argv=None):
@@ -59,6 +67,27 @@ def copy_atomic(src, dst):
     shutil.copystat(src, dst)
 
 
+def check_targets(databases, copies, inputs):
+    """Refuse, before anything is written, databases that overlap an input or would replace something else.
+
+    Args:
+        databases (list[str]): .lmdb folders to write.
+        copies (list[tuple[str, str]]): (source, destination) files to copy; a copy onto its own source is a no-op.
+        inputs (list[str]): Image folders read.
+
+    Raises:
+        ValueError: An output equals, contains or sits inside an input.
+        FileExistsError: An existing output folder holds more than an LMDB.
+    """
+    check_outputs_apart(databases, inputs + [src for src, _ in copies], 'database')
+    check_outputs_apart([dst for _, dst in copies], inputs, 'copy')
+    for path in databases:
+        extra = sorted(set(os.listdir(path)) - LMDB_FILES) if osp.isdir(path) else []
+        if extra or (osp.exists(path) and not osp.isdir(path)):
+            raise FileExistsError(f'{path} exists and is not an LMDB folder (holds {extra[:5] or "a file"}); '
+                                  'it is never replaced, not even with --overwrite: choose another output.')
+
+
 def main(argv=None):
     """Run the CLI; returns the JSON-able summary dict."""
     args = parse_args(argv)
@@ -67,6 +96,7 @@ def main(argv=None):
               verify=not args.no_verify, overwrite=args.overwrite, progress=not args.quiet)
     results = []
     if args.folder:
+        check_targets([args.lmdb], [], [args.folder])
         results.append(make_lmdb_from_folder(args.folder, args.lmdb, **kw))
     else:
         if not osp.isdir(args.root):
@@ -84,6 +114,11 @@ def main(argv=None):
                 if not osp.isfile(osp.join(args.root, split, name)):
                     raise FileNotFoundError(f'Feature store {osp.join(args.root, split, name)} not found '
                                             '(extract it first with scripts/extract_clip_features.py)')
+        check_targets([osp.join(out_root, split, sub + '.lmdb') for split in found for sub in args.subfolders],
+                      [(osp.join(args.root, split, name), osp.join(out_root, split, name)) for split in found
+                       for name in ['meta.csv'] + list(args.feature_store)
+                       if osp.isfile(osp.join(args.root, split, name))],
+                      [osp.join(args.root, split, sub) for split in found for sub in args.subfolders])
         for split in found:
             for sub in args.subfolders:
                 results.append(

@@ -14,7 +14,7 @@ Examples::
     python scripts/extract_clip_features.py -opt options/train/train_MixCLDehazeNet_S_RESIDE6K.yml
     # one folder, weights from a local file
     python scripts/extract_clip_features.py --dataroot datasets/RESIDE-6K/train/hazy \\
-        --out datasets/RESIDE-6K/clip_ViT-B-32_train.pt --model ViT-B-32 --pretrained /path/to/ViT-B-32.pt
+        --out datasets/RESIDE-6K/clip_ViT-B-32_train.pt --model ViT-B-32 --pretrained clip/open_clip_model.safetensors
     # extra prompt set and an LMDB
     python scripts/extract_clip_features.py --dataroot datasets/RESIDE-6K/train/hazy.lmdb --out f.pt \\
         --prompt-set density=thin haze,moderate haze,dense haze
@@ -32,6 +32,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import mixcl_arch  # noqa: E402,F401  (before basicsr)
+from mixcl_arch.utils.output_guard import check_outputs_apart  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -49,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument('--prompt-set', action='append', default=[], metavar='NAME=CLASS,CLASS,...',
                    help='extra prompt set (clip.prompt_sets), repeatable')
     p.add_argument('--quick-gelu', choices=['auto', 'true', 'false'], default=None, help='clip.quick_gelu')
+    p.add_argument('--clip-torchscript', action='store_true',
+                   help="--pretrained is a TorchScript archive such as OpenAI's ViT-B-32.pt (clip.torchscript; "
+                   'TorchScript is code: only for files you trust)')
     p.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
     p.add_argument('--dtype', default=None, help='fp32 | fp16 | bf16 (clip.dtype)')
     p.add_argument('--batch-size', type=int, default=64)
@@ -86,6 +90,8 @@ def clip_options(args, opt):
         clip['quick_gelu'] = None if args.quick_gelu == 'auto' else args.quick_gelu == 'true'
     if args.dtype:
         clip['dtype'] = args.dtype
+    if args.clip_torchscript:
+        clip['torchscript'] = True
     clip['device'] = args.device
     clip.setdefault('model', 'ViT-B-32')
     clip.setdefault('pretrained', 'openai')
@@ -102,7 +108,8 @@ def list_keys(dataroot, meta_file=None):
     from mixcl_arch.data.clip_data_util import index_unique, read_pair_csv, scan_images, strip_ext
     lmdb = is_lmdb(dataroot)
     if lmdb:
-        from mixcl_arch.utils.lmdb_tools import read_meta_info
+        from mixcl_arch.utils.lmdb_tools import lmdb_env, read_meta_info
+        lmdb_env(dataroot)  # a zero-byte or truncated data.mdb fails here, not with SIGBUS at the first read
         avail = [strip_ext(k) for k, _, _ in read_meta_info(dataroot)]  # BasicSR's writer lists 'key.png'
     else:
         avail = scan_images(dataroot) if not meta_file else None
@@ -128,11 +135,10 @@ def list_keys(dataroot, meta_file=None):
 
 
 class _Images:
-    """Decoded, preprocessed images for the DataLoader (LMDB opened lazily per worker)."""
+    """Decoded, preprocessed images for the DataLoader (LMDB through the shared checked environment of lmdb_tools)."""
 
     def __init__(self, root, items, lmdb, preprocess):
         self.root, self.items, self.lmdb, self.preprocess = root, items, lmdb, preprocess
-        self.env = None
 
     def __len__(self):
         return len(self.items)
@@ -144,10 +150,8 @@ class _Images:
         from mixcl_arch.data.clip_data_util import decode_image
         key, name = self.items[i]
         if self.lmdb:
-            if self.env is None:
-                import lmdb
-                self.env = lmdb.open(self.root, readonly=True, lock=False, readahead=False, meminit=False)
-            with self.env.begin(write=False) as txn:
+            from mixcl_arch.utils.lmdb_tools import lmdb_env
+            with lmdb_env(self.root).begin(write=False) as txn:
                 buf = txn.get(name.encode('ascii'))
             if buf is None:
                 raise KeyError(f'{name} not in {self.root}')
@@ -232,15 +236,15 @@ def main(argv=None):
     args = parse_args(argv)
     opt = None
     if args.opt:
-        import yaml
+        from mixcl_arch.utils.options import load_yaml_file
         if not osp.isfile(args.opt):
             raise FileNotFoundError(f'Options file not found: {args.opt}')
-        with open(args.opt) as f:
-            opt = yaml.safe_load(f)
+        opt = load_yaml_file(args.opt)
     from mixcl_arch.clip import CLIPPrior, CLIPWeightsError
     clip = clip_options(args, opt)
     jobs = jobs_from(args, opt, str(clip['model']).replace('/', '-'))
-    for root, _, meta in jobs:  # fail on bad input before loading CLIP
+    for root, out, meta in jobs:  # fail on bad input before loading CLIP
+        check_outputs_apart([out], [root, meta], 'feature store')
         list_keys(root, meta)
     try:
         prior = CLIPPrior.from_opt(clip)

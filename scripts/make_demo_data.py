@@ -23,8 +23,10 @@ Writes (default ``demo_output/data``)::
     OUT/domains.csv              file,domain
     OUT/{train,test}/{hazy,GT}/  + meta.csv, from scripts/make_haze_pairs.py (long side --long-side)
 
-``OUT`` is wiped and rebuilt on each run only if it was made by this script (marker file); otherwise a non-empty
-``OUT`` is an error. Prints make_haze_pairs' JSON summary.
+Every file written is recorded in ``OUT/.mixcl_outputs.jsonl`` (see mixcl_arch/utils/output_guard.py). A re-run
+deletes only the recorded files (those of make_haze_pairs.py too) that are unchanged since, and rebuilds; any other
+file is kept, and one inside the folders the dataset is built from (clean/, depth/, {train,test}/{hazy,GT}/) stops
+the run. A non-empty ``OUT`` without that manifest is an error. Prints make_haze_pairs' JSON summary.
 
 Report mode (used by scripts/demo.sh after inference)::
 
@@ -39,7 +41,6 @@ import argparse
 import importlib.util
 import os
 import os.path as osp
-import shutil
 import sys
 
 import cv2
@@ -48,8 +49,10 @@ import numpy as np
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 from mixcl_arch.utils.haze import atomic_imwrite, atomic_write_text, write_pfm  # noqa: E402
+from mixcl_arch.utils.output_guard import MANIFEST_NAME, OutputManifest, check_outputs_apart  # noqa: E402
 
-MARKER = '.mixcl_demo_data'
+TOOL = 'make_demo_data'
+DATASET_FOLDERS = ('clean', 'depth', 'train/hazy', 'train/GT', 'test/hazy', 'test/GT')
 DOMAINS = {'astronaut': 'indoor', 'coffee': 'indoor', 'chelsea': 'indoor', 'motorcycle': 'indoor', 'rocket': 'outdoor'}
 MIDDLEBURY_MOTORCYCLE = {'focal': 994.978, 'baseline': 193.001, 'doffs': 31.086}
 
@@ -82,12 +85,22 @@ def load_images():
 
 
 def prepare_out(out):
-    if osp.isdir(out) and os.listdir(out):
-        if not osp.isfile(osp.join(out, MARKER)):
-            raise FileExistsError(f'{out} is not empty and was not made by make_demo_data.py: choose another --out')
-        shutil.rmtree(out)
-    os.makedirs(out)
-    atomic_write_text('made by scripts/make_demo_data.py; safe to delete\n', osp.join(out, MARKER))
+    """Delete the files an earlier run recorded in ``out`` and return the manifest to record the new ones in.
+
+    Raises:
+        FileExistsError: ``out`` is not empty and has no manifest, or files that are not ours sit in a folder the
+            dataset is built from (nothing is deleted then).
+    """
+    if osp.isdir(out) and os.listdir(out) and not osp.isfile(osp.join(out, MANIFEST_NAME)):
+        raise FileExistsError(f'{out} is not empty and was not made by make_demo_data.py (no {MANIFEST_NAME}; a folder '
+                              'made by an older version must be deleted by hand): choose another --out')
+    manifest = OutputManifest(out, TOOL)
+    foreign = [f for sub in DATASET_FOLDERS for f in manifest.foreign_files(osp.join(out, sub))]
+    if foreign:
+        raise FileExistsError(f'{out}: {len(foreign)} file(s) not made by make_demo_data.py (or changed since) in the '
+                              f'dataset folders, e.g. {foreign[:3]}; move them away (nothing was deleted).')
+    manifest.remove_recorded(tools=(TOOL, 'make_haze_pairs'))
+    return manifest
 
 
 def _find_output(folder, hazy_rel):
@@ -144,6 +157,8 @@ def report(data_root, dehazed_dir, out_dir):
     grid = np.vstack([np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels])
     mean = {k: round(float(np.mean([r[k] for r in per_image])), 4)
             for k in ('psnr_hazy', 'ssim_hazy', 'psnr_dehazed', 'ssim_dehazed')}
+    check_outputs_apart([osp.join(out_dir, 'comparison.png'), osp.join(out_dir, 'metrics.json')],
+                        [data_root, dehazed_dir], '--report-out file')
     result = {'images': len(per_image), 'mean': mean, 'per_image': per_image,
               'comparison': osp.abspath(osp.join(out_dir, 'comparison.png'))}
     atomic_imwrite(grid, osp.join(out_dir, 'comparison.png'))
@@ -153,12 +168,21 @@ def report(data_root, dehazed_dir, out_dir):
 
 
 def write_standin_store(path, domains=('indoor', 'outdoor')):
-    """Save the dataset's oracle stand-in vectors as ``{'domain_text': {domain: (512,)}}`` (atomically)."""
+    """Save the dataset's oracle stand-in vectors as ``{'domain_text': {domain: (512,)}}`` (atomically).
+
+    Raises:
+        FileExistsError: ``path`` exists and is not a stand-in store this script wrote (recorded in the manifest
+            of its folder).
+    """
     from mixcl_arch.data.clip_data_util import standin_text_feature
     from mixcl_arch.utils.checkpoint import atomic_torch_save
+    manifest = OutputManifest(osp.dirname(osp.abspath(path)), TOOL)
+    if osp.exists(path) and not manifest.owns(path):
+        raise FileExistsError(f'{path} exists and was not written by make_demo_data.py: choose another file.')
     feats = {d: standin_text_feature(d) for d in domains}
     atomic_torch_save({'domain_text': feats, 'domains': list(domains),
                        'note': 'oracle stand-in (seeded random unit vectors per domain), NOT CLIP features'}, path)
+    manifest.record(path)
     return feats
 
 
@@ -173,12 +197,17 @@ def main(argv=None):
     if unknown:
         raise ValueError(f'--holdout names {unknown} are not demo images {sorted(DOMAINS)}')
     imgs, disp = load_images()
-    prepare_out(args.out)
+    manifest = prepare_out(args.out)
     for name, img in imgs.items():
-        atomic_imwrite(np.ascontiguousarray(img[..., ::-1]), osp.join(args.out, 'clean', name + '.png'))
-    write_pfm(osp.join(args.out, 'depth', 'motorcycle.pfm'), disp)
-    atomic_write_text('file,domain\n' + ''.join(f'{n}.png,{d}\n' for n, d in DOMAINS.items()),
-                      osp.join(args.out, 'domains.csv'))
+        path = osp.join(args.out, 'clean', name + '.png')
+        atomic_imwrite(np.ascontiguousarray(img[..., ::-1]), path)
+        manifest.record(path)
+    path = osp.join(args.out, 'depth', 'motorcycle.pfm')
+    write_pfm(path, disp)
+    manifest.record(path)
+    path = osp.join(args.out, 'domains.csv')
+    atomic_write_text('file,domain\n' + ''.join(f'{n}.png,{d}\n' for n, d in DOMAINS.items()), path)
+    manifest.record(path)
 
     spec = importlib.util.spec_from_file_location('make_haze_pairs', osp.join(REPO, 'scripts', 'make_haze_pairs.py'))
     mhp = importlib.util.module_from_spec(spec)

@@ -20,6 +20,11 @@ Example::
     python scripts/make_haze_pairs.py --input ../shared/photos --output datasets/photos_haze \
         --domain-csv ../shared/photos/MANIFEST.csv --versions 4 --test-frac 0.1 --max-size 512 --seed 0
 
+Safety: the folders written (ROOT/train, ROOT/test) may not equal, contain or sit inside an input (--input,
+--depth-dir, --domain-csv); every file written is recorded in ROOT/.mixcl_outputs.jsonl, and ``--overwrite`` deletes
+only recorded files that are unchanged since. A file in ROOT/{train,test}/{hazy,GT} that this script did not write
+stops the run before anything is written.
+
 Index mode (an existing hazy/GT split such as ITS, OTS or SOTS, nothing synthesised): writes SPLIT/meta.csv with the
 GT of each hazy image found by name: the same relative path (DehazeFormer layout) or, failing that, the hazy stem up
 to its first underscore (ITS ``1_1_0.90179.png`` -> ``1.png``, OTS/SOTS ``0025_0.8_0.1.jpg`` -> ``0025.*``)::
@@ -33,7 +38,6 @@ import json
 import os
 import os.path as osp
 import re
-import shutil
 import sys
 import time
 
@@ -44,6 +48,11 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mixcl_arch.utils.haze import (DOMAIN_PRESETS, IMG_EXTENSIONS, atomic_imwrite, atomic_write_text,  # noqa: E402
                                    fill_invalid_depth, haze_depth, image_rng, imread_rgb, load_depth_file,
                                    pseudo_depth, sample_haze_params, synthesize_haze)
+from mixcl_arch.utils.image_io import check_pixels  # noqa: E402
+from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  # noqa: E402
+
+TOOL = 'make_haze_pairs'
+SPLITS = ('train', 'test')
 
 META_COLUMNS = ('hazy', 'gt', 'domain', 'beta', 'A', 'depth_source')
 DEPTH_EXTENSIONS = ('.npy', '.png', '.pfm')
@@ -81,7 +90,8 @@ def parse_args(argv=None):
     p.add_argument('--max-size', type=int, default=0, help='resize so the long side is at most this (0: keep)')
     p.add_argument('--hazy-ext', choices=('.png', '.jpg'), default='.png')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--overwrite', action='store_true', help='allow writing into a root that already has meta.csv')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace an earlier run in ROOT: its recorded files are deleted first (never anything else)')
     args = p.parse_args(argv)
     if args.index_existing is None and (args.input is None or args.output is None):
         p.error('--input and --output are required (unless --index-existing)')
@@ -125,7 +135,7 @@ def resolve_domains(rels, args):
     if args.domain_csv:
         if not osp.isfile(args.domain_csv):
             raise FileNotFoundError(f'Domain CSV not found: {args.domain_csv}')
-        with open(args.domain_csv, newline='', encoding='utf-8') as f:
+        with open(args.domain_csv, newline='', encoding='utf-8-sig') as f:  # -sig: spreadsheets write a BOM
             reader = csv.DictReader(f)
             for col in (args.csv_file_col, args.csv_domain_col):
                 if col not in (reader.fieldnames or []):
@@ -204,9 +214,10 @@ def to_u8_bgr(img):
     return np.ascontiguousarray((np.clip(img, 0, 1) * 255.0 + 0.5).astype(np.uint8)[..., ::-1])
 
 
-def process_image(rel, split, n_versions, domain, depth_file, args, presets):
+def process_image(rel, split, n_versions, domain, depth_file, args, presets, manifest):
     """Write the GT and the hazy versions of one image; return its meta rows."""
     src = osp.join(args.input, rel)
+    check_pixels(np.fromfile(src, dtype=np.uint8), src)  # a decompression bomb is refused before OpenCV sees it
     clear = imread_rgb(src)
     if depth_file is not None:
         depth = load_depth_file(depth_file, kind=args.depth_kind, png_scale=args.png_scale, focal=args.focal,
@@ -229,14 +240,18 @@ def process_image(rel, split, n_versions, domain, depth_file, args, presets):
 
     stem = osp.splitext(rel)[0]
     gt_rel = stem + '.png'
-    atomic_imwrite(to_u8_bgr(clear), osp.join(args.output, split, 'GT', gt_rel))
+    gt_path = osp.join(args.output, split, 'GT', gt_rel)
+    atomic_imwrite(to_u8_bgr(clear), gt_path)
+    manifest.record(gt_path)
     rng = image_rng(args.seed, rel)
     rows = []
     for k in range(1, n_versions + 1):
         beta, A = sample_haze_params(rng, domain, presets)
         hazy, _ = synthesize_haze(clear, d, beta, A)
         hazy_rel = f'{stem}_{k}_{A:.2f}_{beta:.3f}{args.hazy_ext}'
-        atomic_imwrite(to_u8_bgr(hazy), osp.join(args.output, split, 'hazy', hazy_rel))
+        hazy_path = osp.join(args.output, split, 'hazy', hazy_rel)
+        atomic_imwrite(to_u8_bgr(hazy), hazy_path)
+        manifest.record(hazy_path)
         rows.append({'hazy': hazy_rel, 'gt': gt_rel, 'domain': domain, 'beta': f'{beta:.6f}', 'A': f'{A:.6f}',
                      'depth_source': source})
     return rows
@@ -297,29 +312,38 @@ def main(argv=None):
             dom['beta'] = tuple(args.beta)
         if args.A is not None:
             dom['A'] = tuple(args.A)
+    inputs = (args.input, args.depth_dir, args.domain_csv)
+    check_outputs_apart([osp.join(args.output, split) for split in SPLITS], inputs, '--output folder')
     rels = list_images(args.input)
     domains = resolve_domains(rels, args)
     depth_files = resolve_depth_files(rels, args)
     train, test = split_images(rels, args)
-    for split in ('train', 'test'):
+    manifest = OutputManifest(args.output, TOOL)
+    for split in SPLITS:
         meta = osp.join(args.output, split, 'meta.csv')
         if osp.exists(meta) and not args.overwrite:
             raise FileExistsError(f'{meta} exists: choose another --output or pass --overwrite')
+    # a new split must not inherit files of the previous run (an old test image would stay beside train), and no
+    # file of anyone else may be replaced or mixed into the dataset
+    foreign = [f for split in SPLITS for sub in ('hazy', 'GT')
+               for f in manifest.foreign_files(osp.join(args.output, split, sub))]
+    foreign += [m for m in (osp.join(args.output, s, 'meta.csv') for s in SPLITS)
+                if osp.isfile(m) and not manifest.owns(m)]
+    if foreign:
+        raise FileExistsError(f'{len(foreign)} file(s) in {args.output} were not written by make_haze_pairs.py (or '
+                              f'changed since), e.g. {foreign[:3]}; they are never replaced or deleted: move them '
+                              'away or choose another --output (nothing was written).')
     if args.overwrite:
-        # a new split must not inherit files of the previous run (an old test image would stay beside train)
-        for split in ('train', 'test'):
-            for sub in ('hazy', 'GT'):
-                shutil.rmtree(osp.join(args.output, split, sub), ignore_errors=True)
-            if osp.exists(osp.join(args.output, split, 'meta.csv')):
-                os.remove(osp.join(args.output, split, 'meta.csv'))
+        manifest.remove_recorded(protect=inputs)
 
     summary = {'output': osp.abspath(args.output), 'seed': args.seed, 'splits': {}}
     for split, items, n_ver in (('train', train, args.versions), ('test', test, args.test_versions)):
         rows = []
         for rel in items:
-            rows.extend(process_image(rel, split, n_ver, domains[rel], depth_files[rel], args, presets))
+            rows.extend(process_image(rel, split, n_ver, domains[rel], depth_files[rel], args, presets, manifest))
         if items:
             write_meta(rows, osp.join(args.output, split, 'meta.csv'))
+            manifest.record(osp.join(args.output, split, 'meta.csv'))
         summary['splits'][split] = {
             'images': len(items),
             'pairs': len(rows),

@@ -1,6 +1,10 @@
 import os
 import sys
 
+# No test may reach a model hub, online machine or not: CLIP tags resolve from local caches or fail at once. Set
+# before anything imports huggingface_hub (it reads the flag on import); every subprocess a test starts inherits it.
+os.environ['HF_HUB_OFFLINE'] = '1'
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)

@@ -10,6 +10,7 @@ import yaml
 from basicsr.archs import build_network
 from torch.nn import functional as F
 
+from _net_helpers import randomize_bn, unit_text
 from mixcl_arch.archs.mixdehazenet_arch import CLIPTextFusion, MixCLDehazeNet, MixDehazeNet, tilted_mean
 from mixcl_arch.utils.checkpoint import infer_arch_from_state_dict, load_network_weights
 
@@ -26,24 +27,6 @@ network_g:
 
 def n_params(net):
     return sum(p.numel() for p in net.parameters())
-
-
-def randomize_bn(net, seed=0):
-    """Give BatchNorm layers non-trivial statistics so eval-mode comparisons exercise them."""
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return net
-
-
-def unit_text(b, k=None, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.randn(b, 512, generator=g) if k is None else torch.randn(b, k, 512, generator=g)
-    return t / t.norm(dim=-1, keepdim=True)
 
 
 @pytest.mark.parametrize('arch_type', ['MixDehazeNet', 'MixCLDehazeNet'])
@@ -262,7 +245,9 @@ def test_fuse_for_inference_keeps_outputs(merge_branches):
         out = net(x, t)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) and 'norm1' in n for n, m in net.named_modules())
     assert (net.layer1.blocks[0].conv3_fused is not None) == merge_branches
-    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+    # folding only reorders float32 rounding: a few dozen ulps of the output scale, far below what a wrong fold gives
+    tol = 64 * torch.finfo(torch.float32).eps * ref.abs().max().item()
+    assert (out - ref).abs().max().item() <= tol
 
 
 def test_fuse_for_inference_refuses_train_mode():

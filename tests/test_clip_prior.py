@@ -2,7 +2,6 @@
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -130,18 +129,18 @@ def test_provenance_mismatches(prior, clip_file, tmp_path):
     assert any('pretrained' in d for d in provenance_mismatches(meta, {'pretrained': 'openai'}))
 
 
-def test_missing_weights_fail_fast_with_a_clear_message(tmp_path):
-    code = ('import mixcl_arch, time; from mixcl_arch.clip import CLIPPrior, CLIPWeightsError\n'
-            't = time.time()\n'
+def test_missing_weights_fail_without_network_and_with_a_clear_message(tmp_path):
+    """An open_clip tag with empty caches: CLIPWeightsError naming what to set, and no network probe (the hub flag
+    set by conftest is honoured; the probe is replaced by one that fails the run)."""
+    code = ('import mixcl_arch\nfrom mixcl_arch.clip import CLIPPrior, CLIPWeightsError, weights\n'
+            'def no_network(*args, **kwargs):\n    raise AssertionError("network probe despite HF_HUB_OFFLINE")\n'
+            'weights._reachable = no_network\n'
             'try:\n    CLIPPrior(model="ViT-B-32", pretrained="openai")\n'
-            'except CLIPWeightsError as e:\n    print("ERR", round(time.time() - t, 2), e)\n')
-    env = dict(os.environ, HF_HOME=str(tmp_path / 'hf'), XDG_CACHE_HOME=str(tmp_path / 'cache'))
-    env.pop('HF_HUB_OFFLINE', None)
-    env['HOME'] = str(tmp_path)  # empty ~/.cache/clip
-    t = time.time()
-    res = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+            'except CLIPWeightsError as e:\n    print("ERR", e)\n')
+    env = dict(os.environ, HF_HOME=str(tmp_path / 'hf'), XDG_CACHE_HOME=str(tmp_path / 'cache'), HOME=str(tmp_path))
+    assert env['HF_HUB_OFFLINE'] == '1'  # empty ~/.cache/clip and HF cache, hub flagged offline
+    res = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert res.stdout.startswith('ERR'), res.stderr[-2000:]
-    assert float(res.stdout.split()[1]) < 10 and time.time() - t < 30
     assert 'clip.pretrained' in res.stdout and '--pretrained' in res.stdout
     assert 'open_clip_pytorch_model.bin' in res.stdout or 'ViT-B-32.pt' in res.stdout
 

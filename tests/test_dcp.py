@@ -2,6 +2,7 @@
 import mixcl_arch  # noqa: F401  (patches basicsr first)
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mixcl_arch.baselines.dcp import DCPRestorer, dark_channel, dcp_dehaze, estimate_atmospheric_light, min_filter
 
@@ -23,16 +24,29 @@ def _synthetic(h=96, w=96, seed=0):
     return hazy, J
 
 
-def test_min_filter_and_dark_channel_match_brute_force():
+def _brute_min(x, r):
+    """Min of every clipped (2r+1)^2 window, from the explicit windows of the +inf-padded image."""
+    k = 2 * r + 1
+    return F.pad(x, (r, r, r, r), value=float('inf')).unfold(-2, k, 1).unfold(-2, k, 1).amin((-1, -2))
+
+
+@pytest.mark.parametrize('radius', list(range(1, 10)) + [34, 40])
+def test_min_filter_equals_brute_force(radius):
+    # odd sizes; radii 1-9 take every doubling pattern of windows 3..19 wide (power of two + 1, 2^n - 1, ...), 34
+    # and 40 make windows as tall as / taller than the image. A minimum only selects, so it is exact in every dtype.
+    g = torch.Generator().manual_seed(radius)
+    x = torch.rand(2, 3, 70, 97, generator=g)
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        xd = x.to(dtype)
+        got = min_filter(xd, radius)
+        assert got.dtype == dtype and torch.equal(got, _brute_min(xd, radius)), dtype
+
+
+def test_dark_channel_min_filter_radius_zero_and_tiny_images():
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 3, 23, 30, generator=g)
-    r = 7
     m = x.amin(1, keepdim=True)
-    want = torch.empty_like(m)
-    for i in range(23):
-        for j in range(30):
-            want[..., i, j] = m[..., max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].amin((-1, -2))
-    assert torch.equal(dark_channel(x, r), want)
+    assert torch.equal(dark_channel(x, 7), _brute_min(m, 7))
     assert torch.equal(min_filter(m, 0), m)
     small = torch.rand(1, 1, 3, 4, generator=g)  # window larger than the image: global minimum
     assert torch.all(min_filter(small, 7) == small.min())

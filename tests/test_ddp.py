@@ -1,45 +1,12 @@
 """2-process DDP training on CPU (gloo) through ``torchrun ... mixcl_arch/train.py --launcher pytorch``."""
 import os
 import shutil
-import socket
 import sys
 
 import pytest
 import torch
 
-from test_train_pipeline import ROOT, make_pair_dataset, run_entry, tiny_train_opt, validation_values, write_yaml
-
-# The real entry point, with a model subclass that also dumps every rank's final weights (only rank 0 saves
-# checkpoints in BasicSR, so this is how the test sees rank 1).
-WRAPPER = '''
-import os, sys
-sys.path.insert(0, {root!r})
-import torch
-import mixcl_arch
-from basicsr.utils.registry import MODEL_REGISTRY
-from mixcl_arch.models.mixcl_dehaze_model import MixCLDehazeModel
-
-
-@MODEL_REGISTRY.register()
-class RankDumpDehazeModel(MixCLDehazeModel):
-    def save(self, epoch, current_iter):
-        super().save(epoch, current_iter)
-        if current_iter == -1:
-            rank = torch.distributed.get_rank()
-            state = {{k: v.detach().cpu() for k, v in self.get_bare_model(self.net_g).state_dict().items()}}
-            torch.save(dict(state=state, world=torch.distributed.get_world_size(),
-                            backend=torch.distributed.get_backend()), f'rank{{rank}}.pth')
-
-
-from mixcl_arch.train import main
-main()
-'''
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+from _train_helpers import make_pair_dataset, run_entry, tiny_train_opt, validation_values, write_dump_entry, write_yaml
 
 
 @pytest.mark.skipif(shutil.which('torchrun') is None and not os.path.exists(
@@ -57,14 +24,15 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, net_typ
                          val_freq=3, net=net)
     if net is not None:
         opt['clip'] = tiny_clip_opt(make_tiny_clip(tmp_path / 'tiny_clip.pt'))
-    opt['model_type'] = 'RankDumpDehazeModel'
+    opt['model_type'] = 'StateDumpDehazeModel'  # also writes every rank's final weights (rank<r>.pth)
     yml = write_yaml(opt, tmp_path / 'ddp.yml')
-    script = tmp_path / 'ddp_train.py'
-    script.write_text(WRAPPER.format(root=ROOT))
+    script = write_dump_entry(tmp_path)
     torchrun = shutil.which('torchrun') or os.path.join(os.path.dirname(sys.executable), 'torchrun')
+    # --standalone: the rendezvous store binds port 0 itself and the workers join that store, so no free port is
+    # picked and released before use (which another process could take in between).
     # '--local-rank=0' is what torch.distributed.launch passes; BasicSR's parser only knew '--local_rank'
-    log = run_entry(str(script), ['-opt', yml, '--launcher', 'pytorch', '--local-rank=0'], cwd=str(tmp_path),
-                    launcher=[torchrun, '--nproc_per_node=2', f'--master_port={_free_port()}'], timeout=300)
+    log = run_entry(script, ['-opt', yml, '--launcher', 'pytorch', '--local-rank=0'], cwd=str(tmp_path),
+                    launcher=[torchrun, '--standalone', '--nproc_per_node=2'], timeout=300)
     assert 'World size (gpu number): 2' in log
     assert validation_values(log, 'psnr')  # rank 0 validated
     r0, r1 = (torch.load(tmp_path / f'rank{r}.pth', weights_only=True) for r in (0, 1))

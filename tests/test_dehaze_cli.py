@@ -97,7 +97,7 @@ def test_odd_inputs_end_to_end(ckpts, odd_folder, tmp_path, capsys):
     rc = main(['-i', str(odd_folder), '-o', str(out), '--weights', paths['basicsr'], '--cond-fallback', 'none',
                '--device', 'cpu', '--compare'])
     cap = capsys.readouterr()
-    assert rc == 0
+    assert rc == 1  # broken.png failed: the run goes on, but the exit status says something failed
     s = _summary(cap.out)
     assert (s['processed'], s['skipped_non_image'], s['failed'], s['skipped_existing']) == (6, 1, 1, 0)
     assert 'broken.png' in cap.out and 'readme.txt' in cap.err
@@ -181,9 +181,17 @@ def test_existing_outputs_are_not_overwritten(ckpts, tmp_path, capsys):
     s = _summary(capsys.readouterr().out)
     assert (s['processed'], s['skipped_existing']) == (0, 1)
     np.testing.assert_array_equal(cv2.imread(str(out / 'a.png')), marker)
-    assert main(args + ['--overwrite']) == 0
+    # --overwrite replaces only this tool's own outputs: the user's file is kept and the image counts as failed
+    assert main(args + ['--overwrite']) == 1
+    assert 'not written by this tool' in capsys.readouterr().out
+    np.testing.assert_array_equal(cv2.imread(str(out / 'a.png')), marker)
+    os.remove(out / 'a.png')
+    assert main(args) == 0 and _summary(capsys.readouterr().out)['processed'] == 1
+    first = (out / 'a.png').read_bytes()
+    _write(d / 'a.png', np.full((20, 20, 3), 10, np.uint8))
+    assert main(args + ['--overwrite']) == 0  # its own earlier output is replaced
     assert _summary(capsys.readouterr().out)['processed'] == 1
-    assert cv2.imread(str(out / 'a.png')).shape == (20, 20, 3)
+    assert (out / 'a.png').read_bytes() != first
     # writing into the input folder must never replace the inputs, even with --overwrite
     before = (d / 'a.png').read_bytes()
     assert main(['-i', str(d), '-o', str(d), '--method', 'hazy', '--overwrite']) == 1
@@ -606,10 +614,12 @@ def test_inputs_are_never_overwritten_and_own_outputs_are_not_reprocessed(tmp_pa
     main(['-i', str(d), '-o', str(d), '--method', 'hazy', '--ext', 'png', '--overwrite'])
     assert (d / 'a.png').read_bytes() == before
     assert 'would replace another input image' in capsys.readouterr().err
-    # same folder with a suffix: a re-run does not dehaze its own results again
-    assert main(['-i', str(d), '-o', str(d), '--method', 'hazy', '--suffix', '_d', '--ext', 'png']) == 0
-    assert main(['-i', str(d), '-o', str(d), '--method', 'hazy', '--suffix', '_d', '--ext', 'png']) == 0
-    assert sorted(p.name for p in d.iterdir()) == ['a.jpg', 'a.png', 'a_d.png']
+    # same folder with a suffix: a re-run does not dehaze its own results again; the a.jpg / a.png clash on a_d.png
+    # is reported (and fails the run) every time
+    for _ in range(2):
+        assert main(['-i', str(d), '-o', str(d), '--method', 'hazy', '--suffix', '_d', '--ext', 'png']) == 1
+        assert 'already written by another input in this run' in capsys.readouterr().out
+    assert sorted(p.name for p in d.iterdir() if not p.name.startswith('.')) == ['a.jpg', 'a.png', 'a_d.png']
     # an output folder inside the input tree is not read back with --recursive
     assert main(['-i', str(d), '-o', str(d / 'out'), '--method', 'hazy', '--recursive', '--compare']) == 0
     assert main(['-i', str(d), '-o', str(d / 'out'), '--method', 'hazy', '--recursive', '--compare']) == 0

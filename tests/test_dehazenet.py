@@ -20,7 +20,7 @@ from mixcl_arch.baselines.dehazenet import DehazeNetRestorer, dehazenet_recover,
     estimate_atmospheric_light_from_t
 from mixcl_arch.restorers import build_restorer
 from mixcl_arch.utils.checkpoint import atomic_torch_save, load_network_weights
-from tests.test_train_pipeline import make_pair_dataset
+from _train_helpers import make_pair_dataset
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 TRAIN = os.path.join(ROOT, 'mixcl_arch', 'train.py')

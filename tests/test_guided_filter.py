@@ -1,51 +1,91 @@
-"""Guided filter: O(N) box filter and the full filter against direct windowed loops on small images."""
+"""Guided filter: the O(N) box filter and the full filter against brute-force windows, across scan blocks."""
 import mixcl_arch  # noqa: F401  (patches basicsr first)
-import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from mixcl_arch.baselines.dcp import min_filter
 from mixcl_arch.baselines.guided_filter import box_mean, box_sum, guided_filter
 
 
-def _direct_guided(img, p, r, eps):
-    """Textbook guided filter with explicit clipped windows (numpy float64, one channel)."""
-    h, w = img.shape
-
-    def win_mean(x):
-        out = np.empty_like(x)
-        for i in range(h):
-            for j in range(w):
-                out[i, j] = x[max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].mean()
-        return out
-
-    mi, mp = win_mean(img), win_mean(p)
-    a = (win_mean(img * p) - mi * mp) / (win_mean(img * img) - mi * mi + eps)
-    b = mp - a * mi
-    return win_mean(a) * img + win_mean(b)
+# spans 3 x 4 of box_sum's 32-pixel scan blocks and is a multiple of neither, so the carry between blocks is checked
+H, W = 70, 97
+# 34: one interior window per column (H = 2r + 2); 40: windows taller than the image and wider than a block
+RADII = list(range(1, 10)) + [34, 40]
 
 
-@pytest.mark.parametrize('radius', [0, 1, 3, 20])
-def test_box_sum_matches_windows(radius):
+def _brute_sum(x, r):
+    """Sum of every clipped (2r+1)^2 window, from the explicit windows of the zero-padded image (no scan)."""
+    k = 2 * r + 1
+    return F.pad(x, (r, r, r, r)).unfold(-2, k, 1).unfold(-2, k, 1).sum((-1, -2))
+
+
+def _dyadic(shape, seed, dtype):
+    """Multiples of 1/256 in [0, 1): every window sum and running sum of an (H, W) plane is exact in float32
+    (at most 13 integer + 8 fraction bits of its 24), and the values themselves are exact in (b)float16."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, shape, generator=g) / 256).to(dtype)
+
+
+@pytest.mark.parametrize('radius', [0] + RADII)
+def test_box_sum_and_mean_exact_across_blocks(radius):
+    x = _dyadic((2, 3, H, W), radius, torch.float64)
+    want = _brute_sum(x, radius)
+    counts = _brute_sum(torch.ones(1, 1, H, W, dtype=torch.float64), radius)
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        got = box_sum(x.to(dtype), radius)
+        assert got.dtype == dtype
+        # exact sums (half precision is summed in float32), so only the final rounding to dtype remains
+        assert torch.equal(got, want.to(dtype)), (dtype, (got.double() - want).abs().max())
+        # mean = exact sum / count with one rounding (unit roundoff u); half precision also rounds sum and count
+        mean = box_mean(x.to(dtype), radius)
+        u = torch.finfo(dtype).eps / 2
+        rel = u if dtype in (torch.float64, torch.float32) else (1 + u)**2 / (1 - u) - 1
+        tol = rel * (want / counts).abs()
+        assert mean.dtype == dtype and bool(((mean.double() - want / counts).abs() <= tol).all()), dtype
+
+
+@pytest.mark.parametrize('radius', RADII)
+def test_box_sum_float32_rounding_within_bound(radius):
+    """Real-valued data: the two scans' running sums reach W * max|x| and H * (2r+1) * max|x|, and every window
+    sum is a difference of two of them, so its float32 error stays below 2 eps (2r+1) (H + W) max|x|."""
     g = torch.Generator().manual_seed(radius)
-    x = torch.rand(2, 3, 13, 17, generator=g, dtype=torch.float64)
-    got = box_sum(x, radius)
-    want = torch.empty_like(x)
-    for i in range(13):
-        for j in range(17):
-            want[..., i, j] = x[..., max(0, i - radius):i + radius + 1, max(0, j - radius):j + radius + 1].sum((-1, -2))
-    assert torch.allclose(got, want, atol=1e-12)
-    assert torch.allclose(box_mean(torch.ones(1, 1, 5, 6), radius), torch.ones(1, 1, 5, 6))
+    x = torch.rand(2, 3, H, W, generator=g)
+    err = (box_sum(x, radius).double() - _brute_sum(x.double(), radius)).abs().max()
+    assert err <= 2 * torch.finfo(torch.float32).eps * (2 * radius + 1) * (H + W) * x.abs().max()
 
 
-@pytest.mark.parametrize('radius,eps', [(1, 1e-4), (2, 1e-2), (4, 1e-3)])
-def test_guided_filter_equals_direct(radius, eps):
-    rng = np.random.default_rng(radius)
-    img = rng.random((12, 15))
-    p = np.clip(img * 0.7 + 0.3 * rng.random((12, 15)), 0, 1)
-    want = _direct_guided(img, p, radius, eps)
-    got = guided_filter(torch.from_numpy(img)[None, None], torch.from_numpy(p)[None, None], radius, eps)
-    assert got.shape == (1, 1, 12, 15)
-    np.testing.assert_allclose(got[0, 0].numpy(), want, atol=1e-10)
+def _textbook_guided(guide, src, r, eps):
+    """He et al.'s Algorithm 1 in float64 with brute-force window means."""
+    n = _brute_sum(torch.ones_like(guide), r)
+
+    def mean(t):
+        return _brute_sum(t, r) / n
+
+    mean_i, mean_p = mean(guide), mean(src)
+    var_i = mean(guide * guide) - mean_i * mean_i
+    a = (mean(guide * src) - mean_i * mean_p) / (var_i + eps)
+    b = mean_p - a * mean_i
+    return mean(a) * guide + mean(b), var_i
+
+
+@pytest.mark.parametrize('radius', RADII)
+def test_guided_filter_matches_textbook_across_blocks(radius):
+    g = torch.Generator().manual_seed(radius)
+    guide = torch.rand(2, 1, H, W, generator=g)
+    src = 0.5 * torch.rand(2, 3, H, W, generator=g) + 0.5 * guide  # correlated with the guide: a is not ~0
+    eps = 1e-3
+    want, var_i = _textbook_guided(guide.double(), src.double(), radius, eps)
+    # window means carry box_sum's error bound divided by the smallest window ((r+1)^2 pixels, at a corner);
+    # a = cov / (var + eps) amplifies it by 1 / (var + eps), taken at the worst window that mean(a) averages
+    # (min_filter is checked exactly against brute force in test_dcp.py)
+    cond = 1 / (min_filter(var_i, radius) + eps)
+    for dtype in (torch.float64, torch.float32):
+        got = guided_filter(guide.to(dtype), src.to(dtype), radius, eps)
+        assert got.dtype == dtype and got.shape == src.shape
+        tol = 2 * torch.finfo(dtype).eps * (2 * radius + 1) * (H + W) / (radius + 1)**2 * cond
+        err = (got.double() - want).abs()
+        assert bool((err <= tol).all()), (dtype, (err / tol).max())
 
 
 def test_guided_filter_multichannel_float32_and_properties():

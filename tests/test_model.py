@@ -8,6 +8,8 @@ import torchvision
 from basicsr.models import build_model
 from torch.utils.data import DataLoader
 
+from _net_helpers import conv_output_dtypes
+from mixcl_arch.models.mixcl_dehaze_model import AMP_DTYPES
 from mixcl_arch.utils.basicsr_fixes import load_training_state
 from mixcl_arch.utils.checkpoint import load_checkpoint_file
 
@@ -113,10 +115,16 @@ def test_amp_steps_and_fp16_scaler_state_round_trip(tmp_path, amp):
     before = params(model.net_g)
     for it in (1, 2):
         model.feed_data(batch(seed=it))
-        model.optimize_parameters(it)
+        with conv_output_dtypes() as dtypes:
+            model.optimize_parameters(it)
+        # autocast really active: every convolution of the training forward ran in the AMP dtype
+        assert dtypes and set(dtypes) == {AMP_DTYPES[amp]}, set(dtypes)
         assert torch.isfinite(torch.tensor(model.log_dict['l_pix']))
+    assert all(p.dtype == torch.float32 for p in model.net_g.parameters())  # master weights stay fp32
     assert any(not torch.equal(before[k], v) for k, v in params(model.net_g).items())
     assert (model.scaler is not None) == (amp == 'fp16')
+    if amp == 'fp16':  # the scaler took part in the steps (its growth tracker counts them)
+        assert model.scaler.state_dict() != torch.amp.GradScaler('cpu').state_dict()
     model.save_training_state(0, 2)
     state = load_training_state(str(tmp_path / 'exp' / 'training_states' / '2.state'))
     assert ('scaler' in state) == (amp == 'fp16')
@@ -187,6 +195,23 @@ def test_pretrained_official_and_basicsr_files_load_strictly(tmp_path):
     torch.save({'params': {k: v for k, v in sd.items() if 'text_emb' not in k}}, bad)
     opt['path']['pretrain_network_g'] = str(bad)
     with pytest.raises(ValueError, match='missing keys'):
+        build_model(opt)
+
+
+def test_param_key_g_params_ema_loads_the_ema_and_a_missing_explicit_key_is_an_error(tmp_path):
+    src = build_model(model_opt(tmp_path, is_train=False)).net_g.state_dict()
+    ema = {k: v + 1 if v.dtype.is_floating_point else v for k, v in src.items()}  # distinguishable values
+    both = tmp_path / 'both.pth'
+    torch.save({'params': src, 'params_ema': ema}, both)
+    opt = model_opt(tmp_path, is_train=False)
+    for key, expected in (('params_ema', ema), ('params', src)):
+        opt['path'].update(pretrain_network_g=str(both), param_key_g=key)
+        loaded = build_model(opt).net_g.state_dict()
+        assert all(torch.equal(v, expected[k]) for k, v in loaded.items()), key
+    plain = tmp_path / 'params_only.pth'
+    torch.save({'params': src}, plain)
+    opt['path'].update(pretrain_network_g=str(plain), param_key_g='params_ema')
+    with pytest.raises((KeyError, ValueError), match='params_ema'):  # named explicitly: no silent fallback
         build_model(opt)
 
 

@@ -16,7 +16,7 @@ from basicsr.models import build_model
 from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
-from test_train_pipeline import ROOT, make_pair_dataset
+from _train_helpers import ROOT, make_pair_dataset
 
 OPTION_FILES = sorted(f for f in glob.glob(os.path.join(ROOT, 'options', '*', '*_Mix*.yml')) if 'demo' not in f)
 TRAIN_FILES = [f for f in OPTION_FILES if os.sep + 'train' + os.sep in f]

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
+from mixcl_arch.archs.arch_util import pad_reflect_or_replicate
+
 
 class Maxout(nn.Module):
     """Maxout across channels: C input maps in ``groups`` consecutive groups, the element-wise max of each group.
@@ -136,9 +138,9 @@ class DehazeNet(nn.Module):
     def _pad(self, x, before, after):
         if before + after == 0:
             return x
-        # reflect needs the padding < the size; tiny inputs (< 4 px) fall back to replicate
-        mode = 'reflect' if min(x.shape[-2:]) > max(before, after) else 'replicate'
-        return F.pad(x, (before, after, before, after), mode=mode)
+        # reflect needs the padding < the size; tiny inputs (< 4 px) fall back to replicate (chosen without a
+        # Python branch on the size, so the exported graph keeps H and W dynamic)
+        return pad_reflect_or_replicate(x, before, after, before, after)
 
     def forward(self, x):
         if x.dim() != 4 or x.shape[1] != 3:

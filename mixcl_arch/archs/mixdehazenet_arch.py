@@ -15,6 +15,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn as nn
 from torch.nn import functional as F
 
+from mixcl_arch.archs.arch_util import crop_top_left, pad_reflect_or_replicate
+
 MIXDEHAZENET_PRESETS = {
     'T': [1, 1, 2, 1, 1],
     'S': [2, 2, 4, 2, 2],
@@ -24,6 +26,8 @@ MIXDEHAZENET_PRESETS = {
 DEFAULT_EMBED_DIMS = [24, 48, 96, 48, 24]
 DATA_RANGES = ('signed', 'unit')
 MIN_INPUT_SIZE = 40
+# text positions per step of the exported fusion (memory (B, H*W, chunk) floats per temporary)
+EXPORT_TEXT_CHUNK = 64
 
 
 def resolve_preset(variant, embed_dims, depths):
@@ -265,8 +269,36 @@ def tilted_mean(alpha, t, max_elements=2**24):
     with torch.autocast(device_type=device_type, enabled=False):
         alpha = alpha.float()
         t = t.float()
+        if torch.compiler.is_exporting():
+            return _tilted_mean_text_chunks(alpha, t)
         chunk = max(1, max_elements // max(1, alpha.shape[0] * t.shape[1]))
         return _TiltedMean.apply(alpha, t, chunk)
+
+
+def _tilted_mean_text_chunks(alpha, t, chunk=EXPORT_TEXT_CHUNK):
+    """:func:`tilted_mean` for ``torch.export`` / ONNX, where N = H * W is symbolic (no pixel loop, no autograd).
+
+    The softmax sums are accumulated over chunks of the static text positions instead of chunks of pixels, so the
+    graph is a fixed unrolled sequence and holds (B, N, ``chunk``) temporaries instead of (B, N, L). The softmax
+    shift max_j(alpha * t_j) is alpha * max(t) or alpha * min(t), whichever is larger, so no (N x L) max is needed.
+
+    Args:
+        alpha (Tensor): (B, N) float32.
+        t (Tensor): (B, L) float32.
+        chunk (int): Text positions per step.
+
+    Returns:
+        Tensor: (B, N), equal to :func:`tilted_mean` up to float rounding.
+    """
+    a = alpha[:, :, None]  # (B, N, 1)
+    shift = torch.maximum(a * t.amax(1)[:, None, None], a * t.amin(1)[:, None, None])
+    num = den = None
+    for s in range(0, t.shape[1], chunk):
+        tc = t[:, None, s:s + chunk]  # (B, 1, c)
+        e = torch.exp(a * tc - shift)  # (B, N, c), entries in (0, 1]
+        n, d = torch.bmm(e, tc.transpose(1, 2)), e.sum(-1, keepdim=True)
+        num, den = (n, d) if num is None else (num + n, den + d)
+    return (num / den)[:, :, 0]
 
 
 class CLIPTextFusion(nn.Module):
@@ -360,13 +392,13 @@ class _MixDehazeBackbone(nn.Module):
         The 1/4-scale stage uses reflect padding of 9, which needs 10 px there; the reference fails below 40 px,
         so only inputs it cannot process get the extra padding (replicate where reflect is impossible).
         """
-        _, _, h, w = x.size()
-        pad_h = max((self.patch_size - h % self.patch_size) % self.patch_size, MIN_INPUT_SIZE - h)
-        pad_w = max((self.patch_size - w % self.patch_size) % self.patch_size, MIN_INPUT_SIZE - w)
-        if pad_h or pad_w:
-            mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode)
-        return x
+        h, w = x.shape[2:]
+        p = self.patch_size
+        # padded size p * max(ceil(h / p), 40 / p) (40 is a multiple of 4); sym_max and the gather keep it symbolic
+        # (and provably a multiple of 4) under torch.export, where max() and a branch would pin the size
+        pad_h = p * torch.sym_max((h + p - 1) // p, MIN_INPUT_SIZE // p) - h
+        pad_w = p * torch.sym_max((w + p - 1) // p, MIN_INPUT_SIZE // p) - w
+        return pad_reflect_or_replicate(x, 0, pad_w, 0, pad_h)
 
     def _check_input(self, x, channels):
         if x.dim() != 4 or x.shape[1] != channels:
@@ -402,7 +434,7 @@ class _MixDehazeBackbone(nn.Module):
 
     def _reconstruct(self, feat, x, h, w):
         k, b = torch.split(feat, (1, 3), dim=1)
-        return (k * x - b + x)[:, :, :h, :w]
+        return crop_top_left(k * x - b + x, h, w)
 
     def _to_signed(self, x):
         return x * 2 - 1 if self.data_range == 'unit' else x

@@ -175,17 +175,20 @@ def dehazenet_dehaze(net, x, tile=None, tile_overlap=32, **params):
     return dehazenet_recover(x, t, A=A, return_all=True, **rec)
 
 
-def load_dehazenet(weights, param_key='params', strict=True, **net_opt):
-    """Build a :class:`DehazeNet` (eval mode, CPU, frozen) and load BasicSR / bare checkpoint weights into it.
+def load_dehazenet(weights, param_key='params', strict=True, allow_unsafe_pickle=False, **net_opt):
+    """Build a :class:`DehazeNet` (eval mode, CPU, frozen) and load BasicSR / bare / safetensors weights into it.
 
     Args:
         weights (str): Checkpoint, e.g. ``experiments/DehazeNet_demo/models/net_g_latest.pth``.
-        param_key (str): Preferred key ('params'; 'params_ema' and bare state dicts are found too).
+        param_key (str | None): Key to read ('params', which also takes a bare state dict; 'params_ema'; None:
+            auto, ``params_ema`` first). An explicit key the file lacks is an error.
         strict (bool): Require an exact key match.
+        allow_unsafe_pickle (bool): Fully unpickle a legacy file that ``weights_only`` refuses (can run code).
         **net_opt: DehazeNet arguments (layer sizes) matching how the weights were trained.
 
     Raises:
-        ValueError: No weights given, or keys/shapes that do not fit. FileNotFoundError: missing file.
+        ValueError: No weights given, a file that does not load safely, or keys/shapes that do not fit.
+        FileNotFoundError: missing file.
     """
     from mixcl_arch.archs.dehazenet_arch import DehazeNet
     from mixcl_arch.utils.checkpoint import load_network_weights
@@ -194,7 +197,7 @@ def load_dehazenet(weights, param_key='params', strict=True, **net_opt):
                          '`python mixcl_arch/train.py -opt options/train/train_DehazeNet_demo.yml`, see '
                          'docs/dehazenet.md).')
     net = DehazeNet(**net_opt)
-    load_network_weights(net, weights, param_key=param_key, strict=strict)
+    load_network_weights(net, weights, param_key=param_key, strict=strict, allow_unsafe_pickle=allow_unsafe_pickle)
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -208,8 +211,9 @@ class DehazeNetRestorer:
         weights (str): Trained DehazeNet checkpoint (BasicSR ``params`` / ``params_ema`` or a bare state dict).
         device (str | torch.device): 'cpu', 'cuda', 'cuda:1' or 'auto'. Inputs are moved there and back.
         **params: Recovery options (:data:`DEHAZENET_RECOVERY_DEFAULTS`: a_normalize, top_ratio, atmo_mode, a_min,
-            refine, gf_radius, gf_eps, t0, clamp), and ``param_key`` ('params'), ``tile`` (0 = whole image) and
-            ``tile_overlap`` (32). Strings such as '0.05' are accepted (CLI parsing).
+            refine, gf_radius, gf_eps, t0, clamp), and ``param_key`` ('params'), ``tile`` (0 = whole image),
+            ``tile_overlap`` (32) and ``allow_unsafe_pickle`` (False; fully unpickle a legacy checkpoint, which can
+            run code). Strings such as '0.05' or 'true' are accepted (CLI parsing).
 
     Attributes:
         name (str): 'dehazenet'. num_params (int): 8305 with the default sizes. net (nn.Module): the DehazeNet.
@@ -220,7 +224,7 @@ class DehazeNetRestorer:
     """
 
     name = 'dehazenet'
-    EXTRA_KEYS = ('param_key', 'tile', 'tile_overlap')
+    EXTRA_KEYS = ('param_key', 'tile', 'tile_overlap', 'allow_unsafe_pickle')
 
     def __init__(self, weights=None, device='cpu', **params):
         unknown = sorted(set(params) - set(DEHAZENET_RECOVERY_DEFAULTS) - set(self.EXTRA_KEYS))
@@ -237,7 +241,9 @@ class DehazeNetRestorer:
         self.device = torch.device(device)
         if self.device.type == 'cuda' and not torch.cuda.is_available():
             raise ValueError(f'DehazeNet device {self.device} requested but CUDA is not available.')
-        self.net = load_dehazenet(weights, param_key=params.get('param_key') or 'params').to(self.device)
+        unsafe = to_bool(params.get('allow_unsafe_pickle', False), 'allow_unsafe_pickle')
+        self.net = load_dehazenet(weights, param_key=params.get('param_key') or 'params',
+                                  allow_unsafe_pickle=unsafe).to(self.device)
         self.num_params = sum(p.numel() for p in self.net.parameters())
 
     @torch.no_grad()

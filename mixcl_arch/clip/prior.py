@@ -1,35 +1,24 @@
 """The frozen CLIP zero-shot prior (any open_clip model, hub tag or local weights)."""
 import logging
 import os
-import zipfile
 
 import torch
 
 from mixcl_arch.utils.device import resolve_device
 
 from .conditioning import PRIMARY_SET, check_templates, hard_soft, normalize_prompt_sets
-from .weights import CLIPWeightsError, file_sha256, register_model_cfg, resolve_weights
+from .weights import CLIPWeightsError, check_weights_file, file_sha256, register_model_cfg, resolve_weights
 
 __all__ = ['CLIPPrior', 'LOGIT_SCALE', 'PRIOR_OPTION_KEYS']
 
 LOGIT_SCALE = 100.0  # softmax(100 * cosine), as the reference's clip_text.py
 PRIOR_OPTION_KEYS = ('model', 'pretrained', 'device', 'dtype', 'domains', 'templates', 'prompt_sets', 'model_cfg',
-                     'quick_gelu', 'cache_dir', 'allow_download')
+                     'quick_gelu', 'cache_dir', 'allow_download', 'torchscript')
 # keys of the YAML ``clip:`` section that configure conditioning, not the prior
 COND_OPTION_KEYS = ('cond_fallback', 'feature_store', 'cond_mode', 'cond_extra')
 _PRECISIONS = {'fp32': 'fp32', 'fp16': 'fp16', 'bf16': 'bf16', 'float32': 'fp32', 'float16': 'fp16',
                'bfloat16': 'bf16'}
 logger = logging.getLogger('mixcl_arch')
-
-
-def _is_torchscript(path):
-    """True for a TorchScript archive (the original OpenAI CLIP files such as ViT-B-32.pt)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith('constants.pkl') or '/code/' in n for n in zf.namelist())
-
-
 
 
 class CLIPPrior:
@@ -40,8 +29,8 @@ class CLIPPrior:
 
     Args:
         model (str): open_clip model name (``ViT-B-32``, ``RN50``, ...) or the name of ``model_cfg``.
-        pretrained (str): open_clip tag (``openai``) or a local checkpoint file (open_clip state dict, safetensors,
-            or the original OpenAI TorchScript file).
+        pretrained (str): open_clip tag (``openai``) or a local checkpoint file (open_clip state dict or
+            safetensors, loaded without running code; the original OpenAI TorchScript file with ``torchscript``).
         device (str): 'cpu', 'cuda', 'cuda:1' or 'auto'.
         dtype (str): 'fp32', 'fp16' or 'bf16' (open_clip precision).
         domains (Sequence[str]): Primary classes. Default: ('indoor', 'outdoor') as the reference.
@@ -52,6 +41,9 @@ class CLIPPrior:
         quick_gelu (bool | None): Force QuickGELU. None: the tag's setting; for a file, True for a TorchScript
             (OpenAI) file and the model config's setting otherwise (use ``ViT-B-32-quickgelu`` or ``quick_gelu: true``
             for OpenAI weights saved as a state dict).
+        torchscript (bool): The weights file is a TorchScript archive (OpenAI's ``ViT-B-32.pt``). TorchScript is
+            code, so such a file is refused unless this is set; without it every file must load with
+            ``weights_only=True`` (see :func:`mixcl_arch.clip.weights.check_weights_file`).
         cache_dir (str | None): open_clip / Hugging Face cache folder.
         allow_download (bool): Let open_clip download a tag that is not cached (only when the hub is reachable).
 
@@ -62,7 +54,7 @@ class CLIPPrior:
 
     def __init__(self, model='ViT-B-32', pretrained='openai', device='cpu', dtype='fp32', domains=('indoor', 'outdoor'),
                  templates=('a photo of a {}', ), prompt_sets=None, model_cfg=None, quick_gelu=None, cache_dir=None,
-                 allow_download=True):
+                 allow_download=True, torchscript=False):
         import open_clip
 
         if dtype not in _PRECISIONS:
@@ -84,9 +76,15 @@ class CLIPPrior:
             raise ValueError(f'Unknown open_clip model {model!r}; give its config as clip.model_cfg, or one of '
                              f'{open_clip.list_models()[:12]}...')
 
+        if not isinstance(torchscript, bool):
+            raise ValueError(f'clip.torchscript must be true or false, got {torchscript!r}.')
         weights = resolve_weights(self.model_name, pretrained, cache_dir=cache_dir, allow_download=allow_download)
+        if weights.path:
+            check_weights_file(weights.path, torchscript)
+        elif torchscript:
+            raise CLIPWeightsError(f'clip.torchscript is set but {pretrained!r} is not a local file; it applies to a '
+                                   'TorchScript weights file only.')
         kwargs = dict(precision=self.precision, device=self.device, cache_dir=cache_dir)
-        torchscript = weights.kind == 'file' and _is_torchscript(weights.path)
         if quick_gelu is None:
             quick_gelu = bool(weights.tag_cfg.get('quick_gelu', False)) or torchscript
         if quick_gelu:
@@ -95,7 +93,10 @@ class CLIPPrior:
             kwargs['force_preprocess_cfg'] = {k: weights.tag_cfg[k] for k in
                                               ('mean', 'std', 'interpolation', 'resize_mode') if k in weights.tag_cfg}
         if torchscript:
-            kwargs['weights_only'] = False  # TorchScript archives cannot be read with weights_only
+            logger.warning(f'Loading the TorchScript archive {weights.path} (clip.torchscript: true): TorchScript is '
+                           'code; load only files you trust.')
+            # torch.load passes a zip with constants.pkl (checked above) to torch.jit.load, never to pickle
+            kwargs['weights_only'] = False
         source = weights.path if weights.path else weights.tag
         try:
             net, _, preprocess = open_clip.create_model_and_transforms(self.model_name, pretrained=source, **kwargs)

@@ -42,13 +42,47 @@ def _as_list(value):
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
+def _load_file(path):
+    """``torch.load`` of a store file (tensors and plain containers only); any failure names the file."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # UnpicklingError for foreign objects, zip errors for truncated files, ...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ''
+        raise ValueError(f'Feature store {path} cannot be read ({type(err).__name__}: {reason}); it is not a file '
+                         'written by scripts/extract_clip_features.py (only tensors, lists and dicts are loaded, '
+                         'never other Python objects): re-run that script.') from err
+
+
+def _options_quick_gelu(opt, meta):
+    """The QuickGELU setting ``CLIPPrior`` would use with the options ``opt`` (None: cannot tell without the weights).
+
+    An explicit ``quick_gelu`` wins; unset, it is True for a TorchScript file, False for another file and the tag's
+    open_clip setting for a tag (``ViT-B-32`` + ``openai``: True), as ``CLIPPrior.__init__`` decides.
+    """
+    if opt.get('quick_gelu') is not None:
+        return bool(opt['quick_gelu'])
+    if opt.get('torchscript'):
+        return True
+    pre = opt.get('pretrained')
+    if pre is None:
+        return None
+    if os.path.isfile(os.path.expanduser(str(pre))):
+        return False
+    if meta.get('pretrained_kind') != 'tag':
+        return None
+    import open_clip
+    model = str(opt.get('model') or meta.get('model')).replace('/', '-')
+    return bool(open_clip.get_pretrained_cfg(model, str(pre)).get('quick_gelu', False))
+
+
 def provenance_mismatches(meta, clip_opt, embed_dim=None):
     """Differences between a store's provenance and the CLIP options that should have produced it.
 
     Args:
         meta (dict): Store provenance.
-        clip_opt (dict | None): YAML ``clip:`` options (model, pretrained, domains, templates, prompt_sets, ...).
-            Keys that are not set are not checked.
+        clip_opt (dict | None): YAML ``clip:`` options (model, pretrained, domains, templates, prompt_sets,
+            quick_gelu, ...). Keys that are not set are not checked, except ``quick_gelu``, whose default follows
+            from ``pretrained`` / ``torchscript`` (see :func:`_options_quick_gelu`).
         embed_dim (int | None): Conditioning width the network expects.
 
     Returns:
@@ -83,6 +117,10 @@ def provenance_mismatches(meta, clip_opt, embed_dim=None):
         for name, spec in want.items():
             if have.get(name) != spec:
                 diffs.append(f'prompt_sets.{name}: store {have.get(name)}, options {spec}')
+    quick_gelu = _options_quick_gelu(opt, meta)
+    if quick_gelu is not None and meta.get('quick_gelu') is not None and quick_gelu != bool(meta['quick_gelu']):
+        diffs.append(f"quick_gelu: store {meta['quick_gelu']}, options {quick_gelu} (QuickGELU changes every feature; "
+                     'OpenAI weights in a Hugging Face .bin / state dict need quick_gelu: true)')
     if opt.get('model_cfg') is not None and meta.get('model_cfg') is not None and opt['model_cfg'] != meta['model_cfg']:
         diffs.append('model_cfg differs from the one the store was made with')
     if embed_dim is not None and int(embed_dim) != int(meta.get('embed_dim', -1)):
@@ -199,11 +237,7 @@ class FeatureStore:
         if not os.path.isfile(path):
             raise FileNotFoundError(f'Feature store not found: {path} '
                                     '(write it with scripts/extract_clip_features.py).')
-        try:
-            data = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as err:
-            raise ValueError(f'Feature store {path} cannot be read ({type(err).__name__}: {err}); re-run '
-                             'scripts/extract_clip_features.py.') from err
+        data = _load_file(path)
         if not isinstance(data, dict) or data.get('format') != STORE_FORMAT:
             raise ValueError(f'{path} is not a CLIP feature store (written by scripts/extract_clip_features.py).')
         if data.get('version') != STORE_VERSION:
@@ -295,7 +329,7 @@ def load_domain_text_features(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'Feature store not found: {path}')
-    data = torch.load(path, map_location='cpu', weights_only=True)
+    data = _load_file(path)
     if isinstance(data, dict) and data.get('format') == STORE_FORMAT:
         return FeatureStore.load(path).domain_text_features()
     feats = data.get('domain_text') if isinstance(data, dict) else None

@@ -5,6 +5,11 @@
   (``~/.cache/clip``) first; a cached file is loaded as a file. Without a cache the network is probed once with a
   short timeout (DNS included); when it is unreachable, or ``HF_HUB_OFFLINE=1`` / ``MIXCL_CLIP_OFFLINE=1`` is set, or
   ``allow_download=False``, :class:`CLIPWeightsError` is raised at once, naming the file to get and the option to set.
+
+A local or cached file never runs code: :func:`check_weights_file` reads a state-dict file with
+``torch.load(weights_only=True)`` before open_clip does (open_clip retries a failed load with ``torch.load``'s default,
+which unpickles on torch < 2.6 or with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``). TorchScript archives (OpenAI's
+``ViT-B-32.pt``) are code and load only with ``clip.torchscript: true``.
 """
 import hashlib
 import json
@@ -12,13 +17,20 @@ import os
 import socket
 import tempfile
 import threading
+import zipfile
 from urllib.parse import urlparse
 
 __all__ = ['CLIPWeightsError', 'ResolvedWeights', 'resolve_weights', 'register_model_cfg', 'file_sha256',
-           'PRETRAINED_OPTION_HINT']
+           'check_weights_file', 'PRETRAINED_OPTION_HINT']
 
 PRETRAINED_OPTION_HINT = ('set `clip.pretrained: /path/to/file` in the options YAML, or pass `--pretrained FILE` to '
                           'scripts/extract_clip_features.py (`--clip-pretrained FILE` for python -m mixcl_arch.dehaze)')
+TORCHSCRIPT_OPTION_HINT = '`clip.torchscript: true` in the options YAML (--clip-torchscript on the command line)'
+SAFE_FORMAT_HINT = ('the open_clip state dict of the same weights, open_clip_model.safetensors or '
+                    'open_clip_pytorch_model.bin on Hugging Face (ViT-B-32 openai: '
+                    'https://huggingface.co/timm/vit_base_patch32_clip_224.openai), loads safely')
+# suffixes open_clip reads without pickle: safetensors, and numpy (np.load with allow_pickle=False)
+_NO_PICKLE_SUFFIXES = ('.safetensors', '.npz', '.npy')
 _SHA_CACHE = {}
 _CFG_DIR = None
 
@@ -90,6 +102,55 @@ def register_model_cfg(name, model_cfg):
     with open(path, 'w') as f:
         json.dump(model_cfg, f)
     open_clip.add_model_config(path)
+
+
+def _zip_records(path):
+    """Record names of a torch zip archive without its top folder ('archive/data.pkl' -> 'data.pkl'); [] if no zip."""
+    if not zipfile.is_zipfile(path):
+        return []
+    with zipfile.ZipFile(path) as zf:
+        return [n.split('/', 1)[1] for n in zf.namelist() if '/' in n]
+
+
+def check_weights_file(path, torchscript=False):
+    """Make sure open_clip can read the CLIP weights file ``path`` without running code from it.
+
+    Without ``torchscript`` the file must be safetensors / numpy, or load with ``torch.load(weights_only=True)``
+    (done here; open_clip then repeats that same load, so its unsafe retry is never reached). With ``torchscript``
+    it must be a TorchScript archive (a ``constants.pkl`` record): ``torch.load`` then hands it to
+    ``torch.jit.load`` and never to the pickle unpickler.
+
+    Args:
+        path (str): Weights file.
+        torchscript (bool): The user asked for a TorchScript archive (``clip.torchscript: true``).
+
+    Raises:
+        CLIPWeightsError: A TorchScript or pickled file without the opt-in, or ``torchscript`` for another file;
+            the message names the file, the reason and what to set.
+    """
+    import torch
+
+    from mixcl_arch.utils.checkpoint import error_reason
+    records = _zip_records(path)
+    if torchscript:
+        if 'constants.pkl' not in records:
+            raise CLIPWeightsError(f'clip.torchscript is set but {path} is not a TorchScript archive (no constants.pkl '
+                                   'record); remove clip.torchscript to load it as a state dict.')
+        return
+    if any(r == 'constants.pkl' or r.startswith('code/') for r in records):
+        raise CLIPWeightsError(f'{path} looks like a TorchScript archive (such as OpenAI\'s ViT-B-32.pt). TorchScript '
+                               f'is code, so it is loaded only when asked: set {TORCHSCRIPT_OPTION_HINT} for a file '
+                               f'you trust; {SAFE_FORMAT_HINT}.')
+    if path.lower().endswith(_NO_PICKLE_SUFFIXES):
+        return
+    try:
+        # mmap: the pickle is checked, the tensor data is not read (zip archives only)
+        torch.load(path, map_location='cpu', weights_only=True, mmap=bool(records))
+    except Exception as err:  # a refused global, a crafted payload or a corrupt file alike
+        raise CLIPWeightsError(f'CLIP weights {path} do not load with torch.load(weights_only=True) '
+                               f'({error_reason(err)}); weights are never fully unpickled, as that can execute '
+                               f'arbitrary code. A TorchScript archive needs {TORCHSCRIPT_OPTION_HINT}; otherwise '
+                               f'{SAFE_FORMAT_HINT}.') from err
 
 
 def _canon(cfg):

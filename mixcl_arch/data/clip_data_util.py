@@ -9,6 +9,8 @@ import zlib
 import cv2
 import numpy as np
 
+from mixcl_arch.utils.image_io import check_pixels
+
 __all__ = ['IMG_EXTENSIONS', 'GT_NAME_RULES', 'index_unique', 'scan_images', 'GTNameMapper', 'image_size', 'tail_ok',
            'decode_image', 'read_pair_csv', 'first', 'standin_text_feature', 'random_crop_pair', 'augment_pair']
 
@@ -131,14 +133,23 @@ def tail_ok(path):
     return True
 
 
-def decode_image(buf, name='<bytes>'):
+def decode_image(buf, name='<bytes>', max_pixels=None):
     """Decode image bytes to float32 RGB (H, W, 3) in [0, 1] (8/16-bit, gray and alpha handled).
 
+    Args:
+        buf (bytes | np.ndarray): Encoded image.
+        name (str): Named in errors.
+        max_pixels (int | None): Largest accepted width x height, checked from the header before decoding (None:
+            ``MIXCL_MAX_PIXELS`` or 200 MP, see :func:`mixcl_arch.utils.image_io.check_pixels`).
+
     Raises:
-        ValueError: Undecodable data (names the image).
+        ValueError: Undecodable or oversized data (names the image).
     """
     arr = np.frombuffer(buf, np.uint8) if not isinstance(buf, np.ndarray) else buf
-    img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED) if arr.size else None
+    if not arr.size:
+        raise ValueError(f'Cannot decode image {name} (empty file).')
+    check_pixels(arr, name, max_pixels)
+    img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError(f'Cannot decode image {name} (unreadable or truncated file).')
     scale = 65535.0 if img.dtype == np.uint16 else (1.0 if img.dtype.kind == 'f' else 255.0)
@@ -159,7 +170,7 @@ def read_pair_csv(path, need_domain=False, domain_column='domain'):
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f'Pair meta file not found: {path}')
-    with open(path, newline='', encoding='utf-8') as f:
+    with open(path, newline='', encoding='utf-8-sig') as f:  # -sig: spreadsheet programs write a UTF-8 BOM
         reader = csv.DictReader(f)
         cols = reader.fieldnames or []
         need = ['hazy', 'gt'] + ([domain_column] if need_domain else [])

@@ -12,6 +12,7 @@ from torch.utils import data
 
 from mixcl_arch.clip.conditioning import COND_MODES, PRIMARY_SET, parse_extra
 from mixcl_arch.clip.store import FeatureStore, image_key
+from mixcl_arch.utils.lmdb_tools import lmdb_env, read_meta_info
 
 from .clip_data_util import (GTNameMapper, augment_pair, decode_image, first, image_size, index_unique,
                              random_crop_pair, read_pair_csv, scan_images, standin_text_feature, strip_ext, tail_ok)
@@ -44,8 +45,9 @@ class CLIPPairedImageDataset(data.Dataset):
             - dataroot_lq (str): hazy folder, or ``.lmdb`` folder with io_backend lmdb. Required.
             - dataroot_gt (str | None): clear folder / ``.lmdb``. Required for phase 'train'; without it items have
               no 'gt' / 'gt_path'.
-            - io_backend (dict): ``{type: disk}`` (default, BasicSR FileClient) or ``{type: lmdb}`` (opened lazily,
-              one read-only environment per database and process, shared by all datasets and forked workers).
+            - io_backend (dict): ``{type: disk}`` (default, BasicSR FileClient) or ``{type: lmdb}`` (opened and
+              checked at construction by ``mixcl_arch.utils.lmdb_tools.lmdb_env``: one read-only environment per
+              database and process, shared by all datasets and forked workers).
             - phase (str): 'train' (random crops + augmentation) or anything else (test: full image or centre crop).
               BasicSR sets it from the datasets key.
             - meta_file (str | None): Pair CSV (see above); needed by ``cond_source: oracle``.
@@ -120,9 +122,9 @@ class CLIPPairedImageDataset(data.Dataset):
 
     # ------------------------------------------------------------------------------------------------- pairs
     def _lmdb_keys(self, folder):
-        from mixcl_arch.utils.lmdb_tools import read_meta_info
         if not osp.isfile(osp.join(folder, 'meta_info.txt')):
             raise FileNotFoundError(f'{folder}: not a BasicSR LMDB (no meta_info.txt).')
+        lmdb_env(folder)  # a zero-byte or truncated data.mdb fails here, not with SIGBUS at the first read
         # BasicSR's own writer lists 'key.png' while the stored key has no extension
         return {strip_ext(key): (shape[0], shape[1]) for key, shape, _ in read_meta_info(folder)}
 
@@ -352,8 +354,6 @@ class CLIPPairedImageDataset(data.Dataset):
     # --------------------------------------------------------------------------------------------------- items
     def _read_bytes(self, folder, name, client_key):
         if self.backend == 'lmdb':
-            # py-lmdb refuses a second environment on one path in a process (BasicSR's FileClient then fails when
-            # two datasets share a database, or after a fork); one read-only env per path is shared instead
             with lmdb_env(folder).begin(write=False) as txn:
                 return txn.get(name.encode('ascii'))
         if self.file_client is None:
@@ -401,18 +401,6 @@ class CLIPPairedImageDataset(data.Dataset):
 
     def __len__(self):
         return len(self.pairs)
-
-
-_LMDB_ENVS = {}
-
-
-def lmdb_env(path):
-    """Process-wide read-only environment of an LMDB folder (opened on first use, lock-free like BasicSR's)."""
-    import lmdb
-    key = osp.realpath(path)
-    if key not in _LMDB_ENVS:
-        _LMDB_ENVS[key] = lmdb.open(key, readonly=True, lock=False, readahead=False, meminit=False)
-    return _LMDB_ENVS[key]
 
 
 def _to_tensor(img):

@@ -9,6 +9,8 @@ from basicsr.utils import FileClient, imfrombytes, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data as data
 
+from mixcl_arch.utils.lmdb_tools import lmdb_env, read_meta_info
+
 from .clip_data_util import image_size, strip_ext, tail_ok
 
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -27,6 +29,7 @@ def _lmdb_keys(folder):
     if not osp.isfile(meta):
         raise FileNotFoundError(f'TransmissionPatchDataset: {meta} not found; {folder} is not a BasicSR LMDB '
                                 '(make one with scripts/create_lmdb.py).')
+    lmdb_env(folder)  # a zero-byte or truncated data.mdb fails here, not with SIGBUS at the first read
     with open(meta, encoding='utf-8') as f:
         # BasicSR's own writer lists 'key.png' while the stored key has no extension
         return [strip_ext(line.split(' ')[0]) for line in f if line.strip()]
@@ -88,8 +91,6 @@ class TransmissionPatchDataset(data.Dataset):
 
         backend = self.io_backend_opt.get('type', 'disk')
         if backend == 'lmdb':
-            self.io_backend_opt['db_paths'] = [self.gt_folder]
-            self.io_backend_opt['client_keys'] = ['gt']
             names = _lmdb_keys(self.gt_folder)
         elif backend == 'disk':
             names = _list_images(self.gt_folder)
@@ -121,7 +122,6 @@ class TransmissionPatchDataset(data.Dataset):
         """Every image readable (header, PNG/JPEG end marker) and at least ``patch_size`` on both sides."""
         bad, small = [], []
         if backend == 'lmdb':
-            from mixcl_arch.utils.lmdb_tools import read_meta_info
             shapes = {strip_ext(k): shape for k, shape, _ in read_meta_info(self.gt_folder)}
             sizes = [(p, shapes.get(p, (None, None))[:2]) for p in self.paths]
         else:
@@ -154,12 +154,9 @@ class TransmissionPatchDataset(data.Dataset):
         """The idx-th clean image as float32 BGR (H, W, 3) in [0, 1] (cached when ``cache_images``)."""
         if self.cache is not None and idx in self.cache:
             return self.cache[idx]
-        if self.file_client is None:  # created lazily, once per data-loader worker
-            kwargs = {k: v for k, v in self.io_backend_opt.items() if k != 'type'}
-            self.file_client = FileClient(self.io_backend_opt.get('type', 'disk'), **kwargs)
         path = self.paths[idx]
         try:
-            img_bytes = self.file_client.get(path, 'gt')
+            img_bytes = self._read_bytes(path)
             img = imfrombytes(img_bytes, float32=True)
         except Exception as err:
             raise IOError(f'TransmissionPatchDataset: cannot read image {path}: {err}') from err
@@ -171,6 +168,18 @@ class TransmissionPatchDataset(data.Dataset):
         if self.cache is not None:
             self.cache[idx] = img
         return img
+
+    def _read_bytes(self, path):
+        """Encoded bytes of an image path (disk) or key (LMDB, through the shared checked environment)."""
+        if self.io_backend_opt.get('type', 'disk') == 'lmdb':
+            with lmdb_env(self.gt_folder).begin(write=False) as txn:
+                buf = txn.get(path.encode('ascii'))
+            if buf is None:
+                raise KeyError(f'key {path!r} not in {self.gt_folder}')
+            return buf
+        if self.file_client is None:  # created lazily, once per data-loader worker
+            self.file_client = FileClient('disk')
+        return self.file_client.get(path, 'gt')
 
     def __getitem__(self, index):
         img_idx = index // self.patches_per_image

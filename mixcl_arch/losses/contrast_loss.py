@@ -36,7 +36,8 @@ def find_resnet_weights(depth=152, resnet_path=None):
 
     Args:
         depth (int): ResNet depth.
-        resnet_path (str | None): Local file (a torchvision state dict or a BasicSR/official checkpoint).
+        resnet_path (str | None): Local file (a torchvision state dict, a BasicSR/official checkpoint or
+            safetensors).
 
     Returns:
         str: The weights file.
@@ -75,18 +76,21 @@ class ResNetStages(nn.Module):
         weights_path (str | None): Weights file; None leaves the random init (only useful in tests).
         batch_stats (bool): BatchNorm with batch statistics, as the reference (True), or ImageNet running
             statistics (False).
+        allow_unsafe_pickle (bool): Fully unpickle a legacy weights file that ``weights_only`` refuses (can run
+            code).
 
     Shapes:
         forward(x): (B, 3, H, W) -> list of 4 tensors, strides 4, 8, 16, 32.
     """
 
-    def __init__(self, depth=152, weights_path=None, batch_stats=True):
+    def __init__(self, depth=152, weights_path=None, batch_stats=True, allow_unsafe_pickle=False):
         super().__init__()
         if depth not in RESNET_DEPTHS:
             raise ValueError(f'ContrastLossRes: depth must be one of {RESNET_DEPTHS}, got {depth}.')
         net = getattr(torchvision.models, f'resnet{depth}')(weights=None)
         if weights_path is not None:
-            load_network_weights(net, weights_path, param_key=None, strict=True)
+            load_network_weights(net, weights_path, param_key=None, strict=True,
+                                 allow_unsafe_pickle=allow_unsafe_pickle)
         self.slice1 = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
         self.slice2 = net.layer2
         self.slice3 = net.layer3
@@ -132,6 +136,8 @@ class ContrastLossRes(nn.Module):
         batchnorm (str): 'batch' (default): the ResNet's BatchNorm uses each call's batch statistics, as the
             reference, whose ResNet stays in training mode (needs B * H/32 * W/32 > 1, as the reference does);
             'frozen': ImageNet running statistics.
+        allow_unsafe_pickle (bool): Let a legacy ``resnet_path`` that ``torch.load(weights_only=True)`` refuses be
+            fully unpickled (it can run code; warns). Default False: such a file is an error.
 
     Shapes:
         forward(pred, target, negative): three (B, 3, H, W) tensors in [0, 1] -> scalar.
@@ -145,7 +151,8 @@ class ContrastLossRes(nn.Module):
                  input_range='signed',
                  ablation=False,
                  eps=1e-7,
-                 batchnorm='batch'):
+                 batchnorm='batch',
+                 allow_unsafe_pickle=False):
         super().__init__()
         if batchnorm not in ('batch', 'frozen'):
             raise ValueError(f"ContrastLossRes: batchnorm must be 'batch' or 'frozen', got {batchnorm!r}.")
@@ -158,7 +165,11 @@ class ContrastLossRes(nn.Module):
         self.input_range = input_range
         self.ablation = bool(ablation)
         self.eps = float(eps)
-        self.features = ResNetStages(depth, find_resnet_weights(depth, resnet_path), batchnorm == 'batch')
+        if not isinstance(allow_unsafe_pickle, bool):
+            raise ValueError(f'ContrastLossRes: allow_unsafe_pickle must be true or false, got '
+                             f'{allow_unsafe_pickle!r}.')
+        self.features = ResNetStages(depth, find_resnet_weights(depth, resnet_path), batchnorm == 'batch',
+                                     allow_unsafe_pickle)
         self.register_buffer('mean', torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 

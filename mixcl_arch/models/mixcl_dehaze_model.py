@@ -15,9 +15,15 @@ Differences from :class:`basicsr.models.sr_model.SRModel`, and only those:
 - validation: metrics whose function has ``float_input = True`` (``calculate_psnr_dehaze``,
   ``calculate_ssim_dehaze``) get the float [0, 1] tensors, BasicSR's metrics the uint8 images; datasets without GT
   are handled (images only); images are written atomically;
-- checkpoints: ``pretrain_network_g`` loads BasicSR and official MixDehazeNet files
-  (:func:`mixcl_arch.utils.checkpoint.load_network_weights`), networks and training states are written atomically.
+- checkpoints: ``pretrain_network_g`` loads BasicSR, official MixDehazeNet and safetensors files without running code
+  (:func:`mixcl_arch.utils.checkpoint.load_network_weights`; ``path.allow_unsafe_pickle: true`` opts in to legacy
+  pickles), ``param_key_g`` is strict; ``path.save_format: pth | safetensors`` picks ``net_g_*.pth`` or
+  ``net_g_*.safetensors``; networks and training states are written atomically.
 """
+import csv
+import inspect
+import io
+import json
 from collections import OrderedDict
 from os import path as osp
 
@@ -30,8 +36,8 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 from tqdm import tqdm
 
-from mixcl_arch.utils.checkpoint import load_network_weights
-from mixcl_arch.utils.file_io import atomic_imwrite, atomic_torch_save
+from mixcl_arch.utils.checkpoint import SAVE_FORMATS, load_network_weights, save_weights_file
+from mixcl_arch.utils.file_io import atomic_imwrite, atomic_torch_save, atomic_write_text
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 COND_OPTION_KEYS = ('cond_fallback', 'feature_store', 'cond_mode', 'cond_extra')
@@ -42,6 +48,11 @@ def _metric_takes_float(metric_opt):
         return bool(getattr(METRIC_REGISTRY.get(metric_opt['type']), 'float_input', False))
     except KeyError:
         return False
+
+
+def _metric_needs_gt(metric_opt):
+    """False for a no-reference metric, whose function takes no ``img2`` (e.g. BasicSR's ``calculate_niqe``)."""
+    return 'img2' in inspect.signature(METRIC_REGISTRY.get(metric_opt['type'])).parameters
 
 
 @MODEL_REGISTRY.register()
@@ -246,12 +257,25 @@ class MixCLDehazeModel(SRModel):
             net.train()
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        """SRModel's validation with float-input metrics, GT-less datasets and atomic image writes."""
+        """SRModel's validation with float-input and no-reference metrics, GT-less datasets, atomic image writes, the
+        best checkpoint and a per-image CSV.
+
+        - A metric whose function takes no ``img2`` is no-reference (BasicSR's ``calculate_niqe``; give it
+          ``better: lower``) and is computed on every output; the others on outputs with GT. Metrics without any
+          value (no GT in the dataset) are left out with a warning.
+        - ``val.save_best: <metric>`` (training, one validation dataset): every new best of that metric (ties
+          included, as BasicSR's ``best_metric_results``) saves ``net_g_best`` as ``SRModel.save`` does (``params``,
+          plus ``params_ema`` with EMA), then ``net_g_best.json`` (metric, value, iter) beside it; a resumed run
+          compares with that record, so a worse model never replaces the best one.
+        - Test runs write ``<path.log>/<dataset name>_per_image.csv``: ``image`` then one column per metric (the
+          reference test.py's results.csv), empty where a metric has no value.
+        """
         dataset_name = dataloader.dataset.opt['name']
         metrics_opt = self.opt['val'].get('metrics') or {}
         use_pbar = self.opt['val'].get('pbar', False)
-        sums = {name: 0. for name in metrics_opt}
-        counted = 0
+        needs_gt = {name: _metric_needs_gt(opt_) for name, opt_ in metrics_opt.items()}
+        values = {name: [] for name in metrics_opt}
+        rows = []
         if metrics_opt:
             self._initialize_best_metric_results(dataset_name)
         pbar = tqdm(total=len(dataloader), unit='image') if use_pbar else None
@@ -262,18 +286,24 @@ class MixCLDehazeModel(SRModel):
             self.test()
             output = self.output.detach().float().clamp(0, 1).cpu()
             sr_img = tensor2img([output])
-            if hasattr(self, 'gt') and metrics_opt:
+            row = {}
+            has_gt = hasattr(self, 'gt')
+            if has_gt:
                 gt = self.gt.detach().float().clamp(0, 1).cpu()
                 gt_img = tensor2img([gt])
-                for name, opt_ in metrics_opt.items():
-                    data = dict(img=output, img2=gt) if _metric_takes_float(opt_) else dict(img=sr_img, img2=gt_img)
-                    sums[name] += calculate_metric(data, opt_)
-                counted += 1
-            if hasattr(self, 'gt'):
                 del self.gt
+            for name, opt_ in metrics_opt.items():
+                if needs_gt[name] and not has_gt:
+                    continue
+                float_in = _metric_takes_float(opt_)
+                data = dict(img=output if float_in else sr_img)
+                if needs_gt[name]:
+                    data['img2'] = gt if float_in else gt_img
+                row[name] = calculate_metric(data, opt_)
+                values[name].append(row[name])
+            rows.append((img_name, row))
             del self.lq
             del self.output
-
             if save_img:
                 if self.opt['is_train']:
                     save_path = osp.join(self.opt['path']['visualization'], img_name, f'{img_name}_{current_iter}.png')
@@ -287,33 +317,92 @@ class MixCLDehazeModel(SRModel):
         if pbar is not None:
             pbar.close()
 
-        if metrics_opt and counted == 0:
-            logger.warning(f'Validation {dataset_name}: no ground truth in the dataset, metrics skipped.')
-        elif metrics_opt:
-            self.metric_results = {name: total / counted for name, total in sums.items()}
+        skipped = [name for name, v in values.items() if not v]
+        if skipped:
+            logger.warning(f'Validation {dataset_name}: no ground truth in the dataset, metrics {skipped} skipped.')
+        self.metric_results = {name: sum(v) / len(v) for name, v in values.items() if v}
+        if self.metric_results:
             for name, value in self.metric_results.items():
                 self._update_best_metric_result(dataset_name, name, value, current_iter)
             self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        if self.opt['is_train'] and self.opt['val'].get('save_best'):
+            self._save_best_network(current_iter)
+        if not self.opt['is_train'] and metrics_opt:
+            self._write_per_image_csv(dataset_name, list(metrics_opt), rows)
+
+    def _save_best_network(self, current_iter):
+        """``val.save_best``: ``net_g_best`` + ``net_g_best.json`` when the metric is at least as good as the record."""
+        metric = self.opt['val']['save_best']
+        val_sets = [key for key in self.opt['datasets'] if key.startswith('val')]
+        if len(val_sets) != 1:
+            raise ValueError(f'val.save_best needs exactly one validation dataset, got {val_sets}.')
+        if metric not in self.metric_results:
+            raise ValueError(f'val.save_best: {metric!r} is not a computed validation metric (computed: '
+                             f'{sorted(self.metric_results)}; val.metrics: {sorted(self.opt["val"]["metrics"])}).')
+        value = self.metric_results[metric]
+        higher = self.opt['val']['metrics'][metric].get('better', 'higher') == 'higher'
+        record_path = osp.join(self.opt['path']['models'], 'net_g_best.json')
+        if osp.isfile(record_path):
+            try:
+                with open(record_path) as f:
+                    record = json.load(f)
+                best = float(record['value']) if record['metric'] == metric else None
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f'{record_path}: not a best-checkpoint record ({err}); delete it to start over.') \
+                    from None
+            if best is not None and (value < best if higher else value > best):
+                return
+        if hasattr(self, 'net_g_ema'):
+            self.save_network([self.net_g, self.net_g_ema], 'net_g', 'best', param_key=['params', 'params_ema'])
+        else:
+            self.save_network(self.net_g, 'net_g', 'best')
+        atomic_write_text(json.dumps({'metric': metric, 'value': value, 'iter': current_iter}) + '\n', record_path)
+        get_root_logger().info(f'Best {metric} {value:.4f} at iter {current_iter}: saved net_g_best.')
+
+    def _write_per_image_csv(self, dataset_name, metric_names, rows):
+        """``<path.log>/<dataset_name>_per_image.csv`` from (image name, {metric: value}) rows."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator='\n')
+        writer.writerow(['image'] + metric_names)
+        for img_name, row in rows:
+            writer.writerow([img_name] + [f'{row[m]:.6f}' if m in row else '' for m in metric_names])
+        path = osp.join(self.opt['path']['log'], f'{dataset_name}_per_image.csv')
+        atomic_write_text(buf.getvalue(), path)
+        get_root_logger().info(f'Per-image metrics: {path}')
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     def load_network(self, net, load_path, strict=True, param_key='params'):
-        """Load BasicSR (``params`` / ``params_ema``) or official (``state_dict`` with ``module.``) weights.
+        """Load BasicSR (``params`` / ``params_ema``), official (``state_dict``, ``module.``) or safetensors weights.
 
-        ``param_key`` is the preferred key; the other known keys are tried when it is absent.
+        ``param_key`` (``path.param_key_g``) must be in the file; ``params`` also takes the single network of an
+        official or bare file. Only BasicSR's own seeding of ``net_g_ema`` (key ``params_ema``) picks the keys
+        automatically, so a file without EMA weights starts the EMA from its network weights, as in BasicSR.
+        ``path.allow_unsafe_pickle: true`` lets a legacy pickled file load (it can run code; warns).
 
         Raises:
-            FileNotFoundError: Missing file. ValueError: Missing / unexpected keys or shape mismatches.
+            FileNotFoundError: Missing file. ValueError: A file that does not load safely, a missing key, missing /
+                unexpected keys or shape mismatches.
         """
+        if net is getattr(self, 'net_g_ema', None) and param_key == 'params_ema':
+            param_key = None
         net = self.get_bare_model(net)
-        load_network_weights(net, load_path, param_key=param_key, strict=strict)
-        get_root_logger().info(f'Loaded {type(net).__name__} from {load_path} (preferred key: {param_key}).')
+        unsafe = self.opt['path'].get('allow_unsafe_pickle', False) is True
+        load_network_weights(net, load_path, param_key=param_key, strict=strict, allow_unsafe_pickle=unsafe)
+        get_root_logger().info(f'Loaded {type(net).__name__} from {load_path} (key: {param_key or "auto"}).')
 
     @master_only
     def save_network(self, net, net_label, current_iter, param_key='params'):
-        """BasicSR's ``net_{label}_{iter}.pth`` (``latest`` for -1), written atomically."""
+        """BasicSR's ``net_{label}_{iter}.pth`` (``latest`` for -1), written atomically.
+
+        With ``path.save_format: safetensors`` the file is ``net_{label}_{iter}.safetensors`` holding the same keys
+        (see :func:`mixcl_arch.utils.checkpoint.save_weights_file`).
+        """
         if current_iter == -1:
             current_iter = 'latest'
-        save_path = osp.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth')
+        fmt = self.opt['path'].get('save_format') or 'pth'
+        if fmt not in SAVE_FORMATS:
+            raise ValueError(f'path.save_format must be one of {SAVE_FORMATS}, got {fmt!r}.')
+        save_path = osp.join(self.opt['path']['models'], f'{net_label}_{current_iter}.{fmt}')
         nets = net if isinstance(net, list) else [net]
         keys = param_key if isinstance(param_key, list) else [param_key]
         if len(nets) != len(keys):
@@ -323,7 +412,7 @@ class MixCLDehazeModel(SRModel):
             state = self.get_bare_model(net_).state_dict()
             save_dict[key] = OrderedDict(
                 (k[len('module.'):] if k.startswith('module.') else k, v.detach().cpu()) for k, v in state.items())
-        atomic_torch_save(save_dict, save_path)
+        save_weights_file(save_dict, save_path, fmt)
 
     @master_only
     def save_training_state(self, epoch, current_iter):

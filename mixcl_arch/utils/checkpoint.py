@@ -1,10 +1,17 @@
 """Checkpoint I/O shared by the model, the scripts and the CLI.
 
-Two formats are understood:
+Formats understood:
 - BasicSR: ``{'params': state_dict}`` and/or ``{'params_ema': state_dict}``;
 - the original MixDehazeNet / MixCLDehazeNet code: ``{'state_dict': {'module.xxx': ...}, 'optimizer': ...,
-  'epoch': ..., 'best_psnr': ...}`` (saved from ``nn.DataParallel``, hence the ``module.`` prefix).
-A bare state dict (all values tensors) is accepted too.
+  'epoch': ..., 'best_psnr': ...}`` (saved from ``nn.DataParallel``, hence the ``module.`` prefix);
+- a bare state dict (all values tensors);
+- safetensors (recognised by its header, whatever the file name): a bare state dict, or one written by
+  :func:`save_weights_file`, whose metadata ``mixcl_param_keys`` lists the keys (``params,params_ema``) and whose
+  tensors are named ``<key>/<parameter name>``; it loads as the BasicSR dict.
+
+Files are data, never code: ``.pth`` files are read with ``torch.load(weights_only=True)`` only. A legacy checkpoint
+that needs full unpickling (e.g. one holding an ``argparse.Namespace``) loads only with ``allow_unsafe_pickle=True``
+(``--allow-unsafe-pickle`` / ``path.allow_unsafe_pickle: true``), which warns: unpickling can run arbitrary code.
 """
 import os
 import re
@@ -13,53 +20,168 @@ from collections import OrderedDict
 
 import torch
 
-from mixcl_arch.utils.file_io import atomic_torch_save  # noqa: F401  (re-exported)
+from mixcl_arch.utils.file_io import atomic_torch_save, atomic_write_bytes
 
+# tried in this order when no key is asked for (param_key=None, "auto")
 PARAM_KEYS = ('params_ema', 'params', 'state_dict', 'model', 'net_g')
+# keys under which a file that holds a single network stores it; ``params`` also names that network
+SINGLE_NET_KEYS = ('state_dict', 'model', 'net_g')
+SAVE_FORMATS = ('pth', 'safetensors')
+OPT_IN_HINT = ('--allow-unsafe-pickle (CLI, convert_official_checkpoint.py), allow_unsafe_pickle=true (benchmark '
+               'method parameter) or path.allow_unsafe_pickle: true (options YAML)')
+_SAFETENSORS_KEYS = 'mixcl_param_keys'
 
 
-def load_checkpoint_file(path):
-    """Load a checkpoint on CPU, safely (``weights_only``) when possible.
+class CheckpointLoadError(ValueError):
+    """A checkpoint that ``torch.load(weights_only=True)`` refuses or cannot read (and no unsafe-pickle opt-in)."""
+
+
+class UnsafePickleWarning(UserWarning):
+    """A checkpoint is being fully unpickled because the user opted in (``allow_unsafe_pickle``)."""
+
+
+def error_reason(err):
+    """'ExceptionType: first line of the message', for errors that name a file and why it does not load."""
+    return f'{type(err).__name__}: {(str(err).strip().splitlines() or [""])[0]}'
+
+
+def is_safetensors_file(path):
+    """True when ``path`` starts like a safetensors file (8-byte little-endian header size, then a JSON object)."""
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b'{' and int.from_bytes(head[:8], 'little') < os.path.getsize(path)
+
+
+def _load_safetensors(path):
+    from safetensors import safe_open
+    with safe_open(path, framework='pt', device='cpu') as f:
+        meta = f.metadata() or {}
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    if _SAFETENSORS_KEYS not in meta:
+        return tensors
+    ckpt = {}
+    for key in meta[_SAFETENSORS_KEYS].split(','):
+        prefix = key + '/'
+        ckpt[key] = OrderedDict((n[len(prefix):], t) for n, t in tensors.items() if n.startswith(prefix))
+    return ckpt
+
+
+def load_checkpoint_file(path, allow_unsafe_pickle=False):
+    """Load a checkpoint on CPU without running code from it.
+
+    Args:
+        path (str): A ``.pth``-style torch file or a safetensors file.
+        allow_unsafe_pickle (bool): Fully unpickle a file that ``weights_only`` refuses (legacy checkpoints holding
+            Python objects). Unpickling can execute arbitrary code: only for files you trust. Warns.
+
+    Returns:
+        dict | Tensor | ...: What the file holds (safetensors: see the module docstring).
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
+        CheckpointLoadError: The file does not load with ``weights_only=True`` and no opt-in was given.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'Checkpoint file not found: {path}')
+    if is_safetensors_file(path):
+        try:
+            return _load_safetensors(path)
+        except Exception as err:  # truncated or malformed: safetensors' own errors, reported with the file
+            raise CheckpointLoadError(f'{path}: not a readable safetensors file ({error_reason(err)}).') from err
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # pickled extras (e.g. argparse.Namespace) in third-party files
-        warnings.warn(f'{path}: weights_only loading failed ({type(err).__name__}); loading it as a full pickle. '
-                      'Only do this with files you trust.')
-        return torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as err:  # a refused global, a crafted payload (TypeError...) or a corrupt file alike
+        reason = error_reason(err)
+        if not allow_unsafe_pickle:
+            raise CheckpointLoadError(
+                f'{path} cannot be loaded as plain weights: torch.load(weights_only=True) refused it ({reason}). '
+                'Weights files are never fully unpickled by default, because unpickling can execute arbitrary '
+                'code. If this is a legacy checkpoint from a source you trust (e.g. it stores an '
+                f'argparse.Namespace), opt in with {OPT_IN_HINT}; better, re-save it once as .safetensors.') from err
+    warnings.warn(f'{path}: fully unpickling a checkpoint that weights_only=True refused ({reason}) because '
+                  'allow_unsafe_pickle is set. Unpickling can execute arbitrary code: do this only with files you '
+                  'trust.', UnsafePickleWarning, stacklevel=2)
+    return torch.load(path, map_location='cpu', weights_only=False)
 
 
-def extract_state_dict(ckpt, param_key='params', path='<checkpoint>'):
+def save_weights_file(states, path, fmt='pth'):
+    """Write networks' weights atomically as ``{param_key: state_dict}``.
+
+    Args:
+        states (dict[str, dict[str, Tensor]]): e.g. ``{'params': ..., 'params_ema': ...}``.
+        path (str): Destination.
+        fmt (str): 'pth' (``torch.save``) or 'safetensors' (tensors named ``<param_key>/<name>``, the keys in the
+            metadata ``mixcl_param_keys``; :func:`load_checkpoint_file` restores the dict).
+
+    Raises:
+        ValueError: Unknown ``fmt``, or a param key containing ',' or '/'.
+    """
+    if fmt not in SAVE_FORMATS:
+        raise ValueError(f'save format must be one of {SAVE_FORMATS}, got {fmt!r}.')
+    if fmt == 'pth':
+        atomic_torch_save(states, path)
+        return
+    from safetensors.torch import save
+    bad = [k for k in states if ',' in k or '/' in k]
+    if bad:
+        raise ValueError(f'{path}: param keys {bad} cannot be stored in safetensors (no "," or "/").')
+    # safetensors stores contiguous tensors that share no memory: copy each one
+    tensors = {f'{key}/{name}': t.detach().to('cpu', copy=True).contiguous()
+               for key, state in states.items() for name, t in state.items()}
+    atomic_write_bytes(save(tensors, metadata={_SAFETENSORS_KEYS: ','.join(states), 'format': 'pt'}), path)
+
+
+def saved_weights_path(path):
+    """The file a training wrote for BasicSR's ``models/net_<x>_<iter>.pth`` name: that file, or its
+    ``.safetensors`` twin when only the twin exists (``path.save_format: safetensors``)."""
+    twin = os.path.splitext(path)[0] + '.safetensors'
+    return twin if path.endswith('.pth') and not os.path.isfile(path) and os.path.isfile(twin) else path
+
+
+def _keys_found(ckpt):
+    return sorted(str(k) for k in ckpt)[:10]
+
+
+def extract_state_dict(ckpt, param_key=None, path='<checkpoint>'):
     """Return the network state dict held in ``ckpt`` with any ``module.`` prefix removed.
 
     Args:
         ckpt (dict): What :func:`load_checkpoint_file` returned.
-        param_key (str | None): Preferred key (BasicSR's ``param_key_g``); other known keys are tried when absent.
+        param_key (str | None): The key to read (BasicSR's ``param_key_g``). None ("auto") tries ``params_ema``,
+            ``params``, ``state_dict``, ``model``, ``net_g``, then a bare state dict. ``params`` also names the one
+            network of a file that holds a single one (official ``state_dict``, ``model``, ``net_g``, bare state
+            dict). Any other explicit key must be present: there is no fallback (``params_ema`` never silently
+            loads ``params``).
         path (str): For error messages.
 
     Returns:
         OrderedDict[str, Tensor]
+
+    Raises:
+        ValueError: Not a dict, an explicit key that the file lacks (naming the keys present), or no weights.
     """
     if not isinstance(ckpt, dict):
         raise ValueError(f'{path}: expected a dict checkpoint, got {type(ckpt).__name__}.')
-    keys = ([param_key] if param_key else []) + [k for k in PARAM_KEYS if k != param_key]
-    state = None
-    for key in keys:
-        if key in ckpt and isinstance(ckpt[key], dict):
-            state = ckpt[key]
-            break
-    if state is None:
-        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+    bare = bool(ckpt) and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+    if param_key is None:
+        keys = [k for k in PARAM_KEYS if isinstance(ckpt.get(k), dict)]
+        if keys:
+            state = ckpt[keys[0]]
+        elif bare:
             state = ckpt
         else:
-            raise ValueError(f'{path}: no network weights found; looked for keys {keys} and for a bare state dict. '
-                             f'Top-level keys: {sorted(ckpt)[:10]}.')
+            raise ValueError(f'{path}: no network weights found; looked for keys {list(PARAM_KEYS)} and for a bare '
+                             f'state dict. Top-level keys: {_keys_found(ckpt)}.')
+    elif isinstance(ckpt.get(param_key), dict):
+        state = ckpt[param_key]
+    elif param_key == 'params' and not isinstance(ckpt.get('params_ema'), dict) and (
+            bare or any(isinstance(ckpt.get(k), dict) for k in SINGLE_NET_KEYS)):
+        state = ckpt if bare else next(ckpt[k] for k in SINGLE_NET_KEYS if isinstance(ckpt.get(k), dict))
+    else:
+        raise ValueError(f'{path} has no {param_key!r} weights (param_key / path.param_key_g: {param_key}); keys '
+                         f'present: {_keys_found(ckpt)}. Ask for one of them, or leave the key unset (auto: '
+                         f'{", ".join(PARAM_KEYS)}).')
     out = OrderedDict()
     for k, v in state.items():
         out[k[len('module.'):] if k.startswith('module.') else k] = v
@@ -91,14 +213,16 @@ def check_state_dict(net, state, path='<checkpoint>', strict=True):
     return missing, unexpected
 
 
-def load_network_weights(net, path, param_key='params', strict=True):
-    """Load BasicSR or official-format weights into ``net`` (a bare module, not DDP-wrapped).
+def load_network_weights(net, path, param_key='params', strict=True, allow_unsafe_pickle=False):
+    """Load BasicSR, official-format or safetensors weights into ``net`` (a bare module, not DDP-wrapped).
 
     Args:
         net (nn.Module): Target network.
         path (str): Checkpoint file.
-        param_key (str | None): Preferred key, e.g. 'params' or 'params_ema'.
+        param_key (str | None): Key to read, e.g. 'params' or 'params_ema'; None: auto (see
+            :func:`extract_state_dict`).
         strict (bool): Require identical key sets.
+        allow_unsafe_pickle (bool): See :func:`load_checkpoint_file`.
 
     Returns:
         nn.Module: ``net``.
@@ -106,7 +230,7 @@ def load_network_weights(net, path, param_key='params', strict=True):
     Raises:
         ValueError: Listing missing / unexpected keys or mismatched shapes.
     """
-    state = extract_state_dict(load_checkpoint_file(path), param_key, path)
+    state = extract_state_dict(load_checkpoint_file(path, allow_unsafe_pickle), param_key, path)
     check_state_dict(net, state, path, strict)
     net.load_state_dict(state, strict=strict)
     return net

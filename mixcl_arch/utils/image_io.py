@@ -12,8 +12,14 @@ Reading accepts 8-bit and 16-bit (and float TIFF) images with 1, 2, 3 or 4 chann
 
 JPEG files are decoded with their EXIF orientation applied, like every photo viewer does. All writes are atomic
 (temporary file in the same folder, fsync, ``os.replace``).
+
+Decompression bombs: before anything is decoded, the pixel count is read from the file header (PNG, JPEG, WebP,
+BMP, TIFF, PPM/PGM; :func:`header_size`) and files above ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`, 200 MP,
+or the environment variable ``MIXCL_MAX_PIXELS``) are refused, so OpenCV never allocates for a crafted header
+declaring, say, 30000 x 30000 pixels. A file whose size cannot be read from its header is refused too.
 """
 import os
+import struct
 from dataclasses import dataclass
 
 import cv2
@@ -26,6 +32,20 @@ IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff')
 SIXTEEN_BIT_EXTENSIONS = ('.png', '.tif', '.tiff')
 ALPHA_EXTENSIONS = ('.png', '.webp', '.tif', '.tiff')
 ALPHA_MODES = ('keep', 'drop')
+
+
+def _max_pixels_from_env():
+    raw = os.environ.get('MIXCL_MAX_PIXELS', '200000000')
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f'MIXCL_MAX_PIXELS={raw!r}: expected a positive pixel count such as 200000000.')
+    return value
+
+
+DEFAULT_MAX_PIXELS = _max_pixels_from_env()
 
 
 @dataclass
@@ -68,18 +88,152 @@ def _png_color_type(data):
     return None
 
 
-def read_image(path):
+def _jpeg_size(b):
+    i = 2
+    while i + 9 < len(b):
+        if b[i] != 0xFF:
+            return None
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0..SOF15: P, height, width
+            h, w = struct.unpack('>HH', b[i + 5:i + 9])
+            return w, h
+        i += 2 + struct.unpack('>H', b[i + 2:i + 4])[0]
+    return None
+
+
+def _tiff_size(b):
+    end = '<' if b[:2] == b'II' else '>'
+    big = struct.unpack(end + 'H', b[2:4])[0] == 43  # BigTIFF: 8-byte offsets, 20-byte entries
+    head, count_fmt, entry, off_fmt = (16, 'Q', 20, 'Q') if big else (8, 'H', 12, 'I')
+    (ifd,) = struct.unpack(end + off_fmt, b[head - (8 if big else 4):head])
+    (n,) = struct.unpack(end + count_fmt, b[ifd:ifd + struct.calcsize(count_fmt)])
+    first = ifd + struct.calcsize(count_fmt)
+    size = {}
+    for k in range(n):
+        e = first + k * entry
+        tag, typ = struct.unpack(end + 'HH', b[e:e + 4])
+        if tag in (256, 257):  # ImageWidth, ImageLength as SHORT, LONG or LONG8
+            val = e + (12 if big else 8)
+            fmt = {3: 'H', 4: 'I', 16: 'Q'}.get(typ)
+            if fmt is None:
+                return None
+            size[tag] = struct.unpack(end + fmt, b[val:val + struct.calcsize(fmt)])[0]
+    return (size[256], size[257]) if len(size) == 2 else None
+
+
+def _pnm_size(b):
+    tokens, i = [], 2
+    while len(tokens) < 2 and i < len(b):
+        c = b[i:i + 1]
+        if c == b'#':
+            i = b.find(b'\n', i)
+            if i < 0:
+                return None
+        elif c.isspace():
+            i += 1
+            continue
+        else:
+            j = i
+            while j < len(b) and not b[j:j + 1].isspace() and b[j:j + 1] != b'#':
+                j += 1
+            tokens.append(b[i:j])
+            i = j
+            continue
+        i += 1
+    return (int(tokens[0]), int(tokens[1])) if len(tokens) == 2 and all(t.isdigit() for t in tokens) else None
+
+
+def header_size(data):
+    """Width and height declared by an image header, without decoding any pixel.
+
+    Args:
+        data (bytes | np.ndarray): The file's bytes (only the first 64 KiB are read, except for JPEG and TIFF).
+
+    Returns:
+        tuple[int, int] | None: (width, height), or None when the format is not PNG, JPEG, WebP, BMP, TIFF or
+        PPM/PGM/PBM or the header is broken.
+    """
+    head = bytes(data[:4])
+    # JPEG frame headers and TIFF directories can sit anywhere in the file; the other headers are at the start
+    b = bytes(data) if head[:2] == b'\xff\xd8' or head[:2] in (b'II', b'MM') else bytes(data[:1 << 16])
+    try:
+        if b[:8] == b'\x89PNG\r\n\x1a\n' and b[12:16] == b'IHDR':
+            return struct.unpack('>II', b[16:24])
+        if b[:2] == b'\xff\xd8':
+            return _jpeg_size(b)
+        if b[:4] == b'RIFF' and b[8:12] == b'WEBP':
+            chunk = b[12:16]
+            if chunk == b'VP8 ' and b[23:26] == b'\x9d\x01\x2a':
+                w, h = struct.unpack('<HH', b[26:30])
+                return w & 0x3FFF, h & 0x3FFF
+            if chunk == b'VP8L' and b[20] == 0x2F:
+                bits = struct.unpack('<I', b[21:25])[0]
+                return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+            if chunk == b'VP8X':
+                return int.from_bytes(b[24:27], 'little') + 1, int.from_bytes(b[27:30], 'little') + 1
+            return None
+        if b[:2] == b'BM':
+            if struct.unpack('<I', b[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
+                return struct.unpack('<HH', b[18:22])
+            w, h = struct.unpack('<ii', b[18:26])
+            return abs(w), abs(h)
+        if b[:4] in (b'II*\x00', b'MM\x00*', b'II+\x00', b'MM\x00+'):
+            return _tiff_size(b)
+        if b[:1] == b'P' and b[1:2] in b'123456':
+            return _pnm_size(b)
+    except (struct.error, IndexError, KeyError):
+        return None
+    return None
+
+
+def check_pixels(data, name, max_pixels=None):
+    """Refuse an image whose header declares more than ``max_pixels`` pixels (or cannot be read), before decoding.
+
+    Args:
+        data (bytes | np.ndarray): The file's bytes.
+        name (str): Named in the error.
+        max_pixels (int | None): Limit; None means :data:`DEFAULT_MAX_PIXELS`.
+
+    Returns:
+        tuple[int, int]: (width, height) from the header.
+
+    Raises:
+        ValueError: Oversized image or no readable size in the header.
+    """
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    size = header_size(data)
+    if size is None:
+        raise ValueError(f'{name}: cannot read the image size from the header (corrupt, truncated or not a '
+                         'PNG/JPEG/WebP/BMP/TIFF/PNM file); not decoded.')
+    w, h = size
+    if w * h > limit:
+        raise ValueError(f'{name}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the limit of {limit / 1e6:g} MP '
+                         f'({limit} pixels; --max-pixels or MIXCL_MAX_PIXELS raise it); not decoded.')
+    return size
+
+
+def read_image(path, max_pixels=None):
     """Read an image file as float32 RGB.
 
     Args:
         path (str): Image file.
+        max_pixels (int | None): Largest accepted width x height, checked from the header before decoding; None
+            means :data:`DEFAULT_MAX_PIXELS`.
 
     Returns:
         tuple[np.ndarray, ImageInfo]: (H, W, 3) float32 RGB in [0, 1], and the file's properties.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file cannot be decoded or has an unsupported layout.
+        ValueError: If the file is too large, cannot be decoded or has an unsupported layout.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -87,6 +241,7 @@ def read_image(path):
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise ValueError(f'{path}: empty file.')
+    check_pixels(data, path, max_pixels)
     ext = os.path.splitext(path)[1].lower()
     # UNCHANGED keeps alpha and 16 bits but ignores EXIF orientation; JPEG has no alpha, so decode it oriented
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if ext in ('.jpg', '.jpeg') else cv2.IMREAD_UNCHANGED

@@ -18,6 +18,11 @@ Differences from ``basicsr.utils.lmdb_util.make_lmdb_from_imgs``:
   leaves a half-written database under the final name;
 * everything is read back and compared to the source pixels (``verify=True``), with a progress bar.
 
+Every database the project reads is opened through :func:`open_lmdb` (or its process-wide cache :func:`lmdb_env`),
+which checks ``data.mdb`` before anything touches its memory map: a zero-byte file, or one shorter than the pages
+the database says it uses (a copy cut short), raises an error naming the file. Unchecked, the first read past the
+end of the file kills the process with SIGBUS (DataLoader workers report it as "out of shared memory").
+
 Readers should parse ``meta_info.txt`` with :func:`read_meta_info` (``line.rsplit(' ', 2)``), not with BasicSR's
 ``line.split('.')[0]`` which truncates dotted keys.
 """
@@ -33,7 +38,10 @@ from tqdm import tqdm
 
 from .haze import IMG_EXTENSIONS
 
-__all__ = ['path_to_key', 'scan_image_folder', 'make_lmdb_from_folder', 'read_meta_info', 'verify_lmdb']
+__all__ = [
+    'path_to_key', 'scan_image_folder', 'make_lmdb_from_folder', 'read_meta_info', 'verify_lmdb', 'open_lmdb',
+    'lmdb_env'
+]
 
 _PAGE = 4096
 
@@ -155,6 +163,75 @@ def read_meta_info(lmdb_path):
     return out
 
 
+def open_lmdb(lmdb_path):
+    """Open a database read-only after checking that ``data.mdb`` is whole; the project's only way to open one.
+
+    Checks, in this order: ``data.mdb`` exists and is not empty; LMDB accepts its header; the file holds every page
+    the database uses (``(info()['last_pgno'] + 1) * stat()['psize']`` bytes); the first record reads back.
+
+    Args:
+        lmdb_path (str): The ``.lmdb`` folder.
+
+    Returns:
+        lmdb.Environment: Read-only, lock-free environment (as BasicSR's ``FileClient('lmdb')``); the caller closes it.
+
+    Raises:
+        FileNotFoundError: No ``data.mdb`` in ``lmdb_path``.
+        ValueError: A zero-byte, truncated, unreadable or empty ``data.mdb``; the message names the file.
+    """
+    data = osp.join(lmdb_path, 'data.mdb')
+    if not osp.isfile(data):
+        raise FileNotFoundError(f'{data} not found: {lmdb_path} is not an LMDB (make one with scripts/create_lmdb.py)')
+    size = osp.getsize(data)
+    rebuild = 'copy it again or rebuild it with scripts/create_lmdb.py'
+    if size == 0:
+        raise ValueError(f'{data} is empty (0 bytes): {rebuild}')
+    try:
+        env = lmdb.open(lmdb_path, readonly=True, lock=False, readahead=False, meminit=False, subdir=True)
+    except lmdb.Error as err:
+        raise ValueError(f'{data} cannot be opened as an LMDB ({err}): {rebuild}') from err
+    try:
+        # only the two header pages have been read so far; every other page is reached through the memory map,
+        # where a page beyond the end of the file is a SIGBUS, not an exception
+        psize, pages = env.stat()['psize'], env.info()['last_pgno'] + 1
+        if size < pages * psize:
+            raise ValueError(f'{data} is truncated: {size} bytes, but the database uses {pages} pages of {psize} '
+                             f'bytes ({pages * psize} bytes): {rebuild}')
+        with env.begin(write=False) as txn:
+            cursor = txn.cursor()
+            # copying the first value reads the tree down to its (overflow) pages; a stored image is never empty
+            if not cursor.first() or not cursor.value():
+                raise ValueError(f'{data} holds no records, or an empty first value: {rebuild}')
+    except lmdb.Error as err:
+        env.close()
+        raise ValueError(f'{data} is corrupt ({err}): {rebuild}') from err
+    except ValueError:
+        env.close()
+        raise
+    return env
+
+
+_SHARED_ENVS = {}
+
+
+def lmdb_env(lmdb_path):
+    """Process-wide read-only environment of a database, opened (and checked) by :func:`open_lmdb` on first use.
+
+    py-lmdb refuses a second environment on one path in a process (BasicSR's FileClient then fails when two datasets
+    share a database), so all readers share this one; forked DataLoader workers inherit it.
+
+    Args:
+        lmdb_path (str): The ``.lmdb`` folder.
+
+    Returns:
+        lmdb.Environment: Shared environment; do not close it.
+    """
+    key = osp.realpath(lmdb_path)
+    if key not in _SHARED_ENVS:
+        _SHARED_ENVS[key] = open_lmdb(lmdb_path)
+    return _SHARED_ENVS[key]
+
+
 def verify_lmdb(lmdb_path, folder=None, items=None, progress=True):
     """Read every key listed in meta_info.txt back, decode it and check its shape (and pixels against ``folder``).
 
@@ -172,7 +249,9 @@ def verify_lmdb(lmdb_path, folder=None, items=None, progress=True):
     """
     meta = read_meta_info(lmdb_path)
     src = dict((k, r) for r, k in items) if items is not None else {}
-    env = lmdb.open(lmdb_path, readonly=True, lock=False, readahead=False, subdir=True)
+    # py-lmdb refuses a second environment on a path this process has open: reuse the shared one if there is one
+    shared = _SHARED_ENVS.get(osp.realpath(lmdb_path))
+    env = shared or open_lmdb(lmdb_path)
     try:
         with env.begin(write=False) as txn:
             n_entries = txn.stat()['entries']
@@ -193,7 +272,8 @@ def verify_lmdb(lmdb_path, folder=None, items=None, progress=True):
                     if ref.shape != img.shape or not np.array_equal(ref, img):
                         raise ValueError(f'{lmdb_path}: key {key!r} differs from its source {src[key]}')
     finally:
-        env.close()
+        if env is not shared:
+            env.close()
     return len(meta)
 
 

@@ -1,0 +1,1 @@
+"""Custom operators (pure PyTorch, with optional compiled kernels)."""

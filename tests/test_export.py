@@ -1,0 +1,161 @@
+"""Export to ONNX / torch.export through scripts/export.py, and the ONNX Runtime runner (issue 15, item 3).
+
+Each registered net is exported once (tiny widths) from a checkpoint by the script, then the files are compared with
+the eager net on odd sizes, one of them below the 40 px MixDehazeNet pads to, with a batch size other than the
+example's (dynamic axes, not sizes baked in at trace time).
+"""
+import importlib.util
+import os
+
+import pytest
+import torch
+import yaml
+
+from mixcl_arch.export import OnnxRuntimeRunner, export_spec, load_pt2, read_onnx_metadata
+from mixcl_arch.restorers import NetRestorer, build_net_from_checkpoint
+from _net_helpers import randomize_bn
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+_spec = importlib.util.spec_from_file_location('export_script', os.path.join(ROOT, 'scripts', 'export.py'))
+export_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(export_script)
+
+TINY = {'embed_dims': [8, 16, 16, 16, 8], 'depths': [1, 1, 1, 1, 1]}
+# network_g of each export; None: inferred from the checkpoint (as mixcl-dehaze does). text_dim 128 keeps the
+# exported fusion small (2 text chunks) while still accumulating over chunks; K = 2 conditioning vectors.
+NETS = {
+    'MixDehazeNet': None,
+    'MixCLDehazeNet': {'type': 'MixCLDehazeNet', **TINY, 'num_cond': 2, 'text_dim': 128, 'data_range': 'signed'},
+    'AODNet': {'type': 'AODNet'},
+    'DehazeNet': {'type': 'DehazeNet'},
+}
+# (batch, H, W): odd sides, the last below 40 px on both; batch 3 differs from the example's 2 (dynamic batch)
+SHAPES = [(1, 45, 61), (3, 67, 33), (1, 21, 37)]
+
+
+def make_checkpoint(arch, folder):
+    """A BasicSR checkpoint of a randomly initialised tiny ``arch`` (non-trivial BatchNorm statistics)."""
+    from basicsr.archs import build_network
+    opt = NETS[arch] or {'type': 'MixDehazeNet', **TINY}
+    torch.manual_seed(0)
+    net = randomize_bn(build_network(dict(opt)))
+    path = os.path.join(folder, f'{arch}.pth')
+    torch.save({'params': net.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """arch -> (eager net as the script built it, onnx path, pt2 path), all exported by scripts/export.py."""
+    folder = str(tmp_path_factory.mktemp('export'))
+    out = {}
+    for arch, opt in NETS.items():
+        argv = ['--weights', make_checkpoint(arch, folder), '--out-dir', folder, '--verify-sizes', '33x47']
+        if opt is not None:
+            opt_path = os.path.join(folder, f'{arch}.yml')
+            with open(opt_path, 'w') as f:
+                yaml.safe_dump({'network_g': opt}, f)
+            argv += ['--opt', opt_path]
+        assert export_script.main(argv) == 0
+        net, _ = build_net_from_checkpoint(argv[1], {'network_g': opt} if opt else None)
+        out[arch] = net, os.path.join(folder, f'{arch}.onnx'), os.path.join(folder, f'{arch}.pt2')
+    return out
+
+
+def eager_reference(net, x, *extra):
+    """What the exported graph must compute: the eager net on [0, 1] images, converting a signed net's range."""
+    signed = getattr(net, 'data_range', 'unit') == 'signed'
+    with torch.no_grad():
+        y = net(x * 2 - 1 if signed else x, *extra)
+    return (y + 1) * 0.5 if signed else y
+
+
+def extra_inputs(net, batch, seed=1):
+    """() or the (B, K, E) unit-norm conditioning of a conditioned net."""
+    if not net.num_cond:
+        return ()
+    g = torch.Generator().manual_seed(seed)
+    return (torch.nn.functional.normalize(torch.randn(batch, net.num_cond, net.cond_dim, generator=g), dim=-1), )
+
+
+@pytest.mark.parametrize('backend', ['onnxruntime', 'torch.export'])
+@pytest.mark.parametrize('arch', list(NETS))
+def test_export_equals_eager_on_odd_and_small_sizes(exported, arch, backend):
+    net, onnx_path, pt2_path = exported[arch]
+    run = OnnxRuntimeRunner(onnx_path).run if backend == 'onnxruntime' else load_pt2(pt2_path)[0].module()
+    for i, (batch, h, w) in enumerate(SHAPES):
+        x = torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(i))
+        extra = extra_inputs(net, batch)
+        ref = eager_reference(net, x, *extra)
+        with torch.no_grad():
+            out = run(x, *extra)
+        assert out.shape == ref.shape == (batch, 1 if arch == 'DehazeNet' else 3, h, w)
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=0, msg=f'{arch} {backend} {h}x{w}')
+
+
+def test_onnx_file_describes_its_inputs(exported):
+    import onnx
+    _, onnx_path, pt2_path = exported['MixCLDehazeNet']
+    meta = read_onnx_metadata(onnx_path)
+    assert (meta['arch'], meta['inputs'], meta['output']) == ('MixCLDehazeNet', ['image', 'cond'], 'dehazed')
+    assert (meta['num_cond'], meta['cond_dim'], meta['tile_align']) == (2, 128, 4)
+    assert meta['network_g']['text_dim'] == 128
+    assert load_pt2(pt2_path)[1] == meta
+    graph = onnx.load(onnx_path).graph
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(graph.input) + list(graph.output)}
+    assert dims == {'image': ['batch', 3, 'height', 'width'], 'cond': ['batch', 2, 128],
+                    'dehazed': ['batch', 3, 'height', 'width']}
+
+
+class FixedCondition:
+    """A conditioning source returning one fixed (B, K, E) tensor, with the ``notes`` restorers read."""
+
+    notes = []
+
+    def __init__(self, cond):
+        self.cond = cond
+
+    def __call__(self, x):
+        return self.cond
+
+
+@pytest.mark.parametrize('arch', ['MixCLDehazeNet', 'MixDehazeNet'])
+def test_runner_tiles_match_eager_restorer(exported, arch):
+    net, onnx_path, _ = exported[arch]
+    x = torch.rand(1, 3, 90, 75, generator=torch.Generator().manual_seed(5))
+    cond = FixedCondition(extra_inputs(net, 1)[0]) if net.num_cond else None
+    runner = OnnxRuntimeRunner(onnx_path, tile=48, tile_overlap=16, cond=cond)
+    calls = []
+    run = runner.run
+    runner.run = lambda *a: calls.append(a[0].shape) or run(*a)
+    out = runner(x)
+    assert len(calls) > 1 and all(s[-2:] == (48, 48) for s in calls)  # tiled, on the 4-px grid
+    ref = NetRestorer(net, cond, tile=48, tile_overlap=16)(x)
+    torch.testing.assert_close(out, ref, atol=1e-3, rtol=0)
+    if net.num_cond:  # conditioning passed explicitly gives the same as the runner's source
+        torch.testing.assert_close(runner(x, cond.cond), out, atol=0, rtol=0)
+
+
+def test_runner_needs_conditioning_for_conditioned_net(exported):
+    runner = OnnxRuntimeRunner(exported['MixCLDehazeNet'][1])
+    with pytest.raises(ValueError, match=r'\(B, 2, 128\) conditioning'):
+        runner(torch.rand(1, 3, 40, 40))
+
+
+def test_unknown_arch_is_refused_by_name():
+    with pytest.raises(ValueError, match='No export spec for Linear'):
+        export_spec(torch.nn.Linear(2, 2))
+
+
+def test_script_fails_when_outputs_differ(tmp_path, capsys):
+    # a tolerance no float computation meets makes the verification (and so the exit status) fail
+    weights = make_checkpoint('AODNet', str(tmp_path))
+    opt = tmp_path / 'aod.yml'
+    opt.write_text(yaml.safe_dump({'network_g': NETS['AODNet']}))
+    argv = ['--weights', weights, '--opt', str(opt), '--out-dir', str(tmp_path), '--formats', 'onnx', '--tolerance',
+            '-1']
+    assert export_script.main(argv) == 1
+    assert 'differs from the eager net' in capsys.readouterr().err
+    assert os.path.isfile(tmp_path / 'AODNet.onnx') and not os.path.exists(tmp_path / 'AODNet.pt2')

@@ -80,8 +80,13 @@ setup(
         'safetensors',
         'scikit-image',
         'tqdm',
+        'matplotlib',
     ],
-    extras_require={'test': ['pytest'], 'mamba': ['mamba_ssm']},
+    extras_require={
+        'test': ['pytest', 'onnx', 'onnxruntime', 'onnxscript'],
+        'onnx': ['onnx', 'onnxruntime', 'onnxscript'],
+        'mamba': ['mamba_ssm'],
+    },
     entry_points={
         'console_scripts': [
             'mixcl-dehaze=mixcl_arch.dehaze:main',

@@ -65,6 +65,9 @@ def parse_args(argv=None):
     p.add_argument('--feature-store', default=None,
                    help='feature store file with per-domain text features (default: clip.feature_store of the YAML)')
     p.add_argument('--compare', action='store_true', help='also save input | output side by side under OUT/compare')
+    p.add_argument('--save-maps', action='store_true',
+                   help='--method dcp: also save the dark channel, the transmission and the depth heat map of each '
+                   'image as OUT/maps/<name>_{dark,transmission,depth}.png (see docs/baselines.md)')
     p.add_argument('--overwrite', action='store_true', help='replace existing outputs (default: skip them)')
     p.add_argument('--suffix', default='', help='appended to output file stems, e.g. _dehazed')
     p.add_argument('--ext', default='auto',
@@ -85,6 +88,9 @@ def parse_args(argv=None):
         p.error(f'--ext {args.ext}: use auto or one of {", ".join(e[1:] for e in IMG_EXTENSIONS)}')
     if args.method == 'net' and not args.weights and not args.opt:
         p.error('--method net needs --weights (or --opt with path.pretrain_network_g)')
+    if args.save_maps and args.method != 'dcp':
+        p.error(f'--save-maps writes the dark channel prior\'s intermediate maps and needs --method dcp; '
+                f'--method {args.method} has no such maps')
     if args.param and args.method in ('net', 'hazy'):
         p.error(f'--param sets baseline options (dcp, dehazenet); --method {args.method} takes none')
     bad = [kv for kv in args.param if '=' not in kv or not kv.split('=', 1)[0]]
@@ -137,6 +143,14 @@ def compare_path(args, out_path):
     """The side-by-side image's path: OUT/compare/<same relative name>."""
     base = output_root(args)
     return os.path.join(base, 'compare', os.path.relpath(out_path, base))
+
+
+def map_paths(args, out_path):
+    """--save-maps files of one output: OUT/maps/<relative name without extension>_<map>.png, in MAP_NAMES order."""
+    from mixcl_arch.baselines.dcp import MAP_NAMES
+    base = output_root(args)
+    stem = os.path.splitext(os.path.relpath(out_path, base))[0]
+    return [os.path.join(base, 'maps', f'{stem}_{name}.png') for name in MAP_NAMES]
 
 
 def exclude_own_outputs(images, args, manifest):
@@ -224,7 +238,12 @@ def _targets(args, in_path, rel, info, input_files, written):
     """
     out_path = output_path(args, in_path, rel, info)
     targets = [out_path] + ([compare_path(args, out_path)] if args.compare else [])
-    for target, kind in zip(targets, ('output', 'compare image')):
+    kinds = ['output', 'compare image'][:len(targets)]
+    if args.save_maps:
+        maps = map_paths(args, out_path)
+        targets += maps
+        kinds += ['map'] * len(maps)
+    for target, kind in zip(targets, kinds):
         real = os.path.realpath(target)
         if path_relation(in_path, target) == 'same' or real in input_files:
             what = 'its own input' if path_relation(in_path, target) == 'same' else 'another input image'
@@ -311,10 +330,20 @@ def main(argv=None):
                 continue
             try:
                 start = time.perf_counter()
-                result = tensor2img01(restorer(img2tensor01(rgb)))
+                if args.save_maps:  # one DCP pass gives the output and its maps
+                    estimate = restorer.estimate(img2tensor01(rgb))
+                    result = tensor2img01(estimate['J'])
+                else:
+                    result = tensor2img01(restorer(img2tensor01(rgb)))
                 seconds += time.perf_counter() - start
                 write_image(result, targets[0], info, args.alpha, args.quality)
                 manifest.record(targets[0])
+                if args.save_maps:
+                    from mixcl_arch.baselines.dcp import MAP_NAMES, dcp_maps
+                    maps = dcp_maps(estimate)
+                    for path, name in zip(targets[-len(MAP_NAMES):], MAP_NAMES):
+                        write_image(maps[name], path)
+                        manifest.record(path)
                 if args.compare:
                     plain = dataclasses.replace(info, alpha=None)
                     write_image(side_by_side(rgb, result), targets[1], plain, 'drop', args.quality)

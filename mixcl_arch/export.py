@@ -14,6 +14,7 @@ Both files carry the net's description (:func:`export_metadata`): ONNX in ``meta
 ONNX needs ``pip install onnx onnxruntime onnxscript`` (the ``onnx`` extra); nothing here imports them before use.
 """
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -29,6 +30,7 @@ from mixcl_arch.version import __version__
 IMAGE_INPUT = 'image'
 METADATA_KEY = 'mixcl_arch'  # ONNX metadata_props key / .pt2 extra file stem holding export_metadata() as JSON
 PT2_EXTRA_FILE = METADATA_KEY + '.json'
+CACHE_ENV = 'MIXCL_ONNX_CACHE'  # folder of cached_onnx(); default ~/.cache/mixcl_arch/onnx
 # example size for tracing: batch 2 and H != W, so that no size is 0/1-specialised or unified with another
 EXAMPLE_BATCH, EXAMPLE_HEIGHT, EXAMPLE_WIDTH = 2, 48, 64
 
@@ -206,6 +208,38 @@ def read_onnx_metadata(path):
     if METADATA_KEY not in props:
         raise ValueError(f'{path}: no {METADATA_KEY!r} entry in metadata_props; export it with scripts/export.py.')
     return json.loads(props[METADATA_KEY])
+
+
+def default_cache_dir():
+    """Folder of :func:`cached_onnx`: ``$MIXCL_ONNX_CACHE``, else ``~/.cache/mixcl_arch/onnx``."""
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser('~'), '.cache', 'mixcl_arch', 'onnx')
+
+
+def cached_onnx(net, net_opt=None, cache_dir=None):
+    """The ONNX export of ``net``, made on first use and reused while its weights and options stay the same.
+
+    The file name holds a SHA-256 of :func:`export_metadata` (arch, options, mixcl_arch and torch versions) and of
+    every state-dict tensor, so other weights, options or versions get a new export; writes are atomic, so processes
+    sharing the cache never read a partial file.
+
+    Args:
+        net (nn.Module): A registered arch with its weights loaded.
+        net_opt (dict | None): Its options (stored in the metadata).
+        cache_dir (str | None): Cache folder; None -> :func:`default_cache_dir`.
+
+    Returns:
+        tuple[str, bool]: The ``.onnx`` path and whether it was exported by this call.
+    """
+    metadata = export_metadata(net, net_opt)
+    digest = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode())
+    for key, value in net.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    path = os.path.join(cache_dir or default_cache_dir(), f"{metadata['arch']}-{digest.hexdigest()[:20]}.onnx")
+    if os.path.isfile(path):
+        return path, False
+    save_onnx(export_program(net), path, metadata)
+    return path, True
 
 
 def max_abs_diff(a, b):

@@ -23,10 +23,10 @@ import warnings
 import torch
 
 from mixcl_arch.utils.checkpoint import check_state_dict, extract_state_dict, infer_arch_from_state_dict, \
-    load_checkpoint_file
+    load_checkpoint_file, read_checkpoint_meta
 from mixcl_arch.utils.device import resolve_device  # noqa: F401  (public here too)
 from mixcl_arch.utils.options import load_yaml_file
-from mixcl_arch.utils.tiling import tiled_forward
+from mixcl_arch.utils.tiling import net_tile_align, tiled_forward
 
 METHODS = ('net', 'hazy', 'dcp', 'dehazenet')
 COND_MODES = ('hard', 'soft')
@@ -43,6 +43,28 @@ class ConditioningFallbackWarning(UserWarning):
     """Emitted by :func:`build_restorer` when the network runs with fallback conditioning instead of CLIP."""
 
 
+class DataRangeMismatchWarning(UserWarning):
+    """Emitted by :func:`build_net_from_checkpoint` when ``--opt`` gives another ``data_range`` than the checkpoint."""
+
+
+def run_net(net, x, cond=None, data_range='unit'):
+    """Run a dehazing net on [0, 1] images whatever range it takes: the one place where the data range of the images
+    (always [0, 1] here: data pipeline, CLI, benchmarks) meets the net's ``data_range``.
+
+    Args:
+        net (callable): The net, possibly wrapped (DDP, ``torch.compile``), called as ``net(x)`` or ``net(x, cond)``.
+        x (Tensor): (B, 3, H, W) images in [0, 1].
+        cond (Tensor | None): (B, K, E) conditioning; None for an unconditioned net.
+        data_range (str): The bare net's ``data_range``: 'unit' (takes [0, 1]) or 'signed' (takes [-1, 1], the
+            official MixDehazeNet convention: converted here on the way in and out).
+
+    Returns:
+        Tensor: (B, 3, H, W) output in [0, 1] (float32 for a 'signed' net, else the net's dtype).
+    """
+    if data_range == 'signed':
+        x = x * 2 - 1
+    y = net(x) if cond is None else net(x, cond)
+    return (y.float() + 1) * 0.5 if data_range == 'signed' else y
 
 
 def load_options(opt):
@@ -96,9 +118,14 @@ def build_net_from_checkpoint(weights, opt=None, param_key=None, strict=None, al
     Args:
         weights (str | None): Checkpoint (BasicSR ``params``/``params_ema``, official ``state_dict`` format, or
             safetensors). None uses ``opt['path']['pretrain_network_g']``.
-        opt (dict | None): Options with ``network_g`` (any registered arch). Without it the MixDehazeNet family is
-            inferred from the checkpoint: MixDehazeNet vs MixCLDehazeNet (``text_emb.*`` keys), stage widths and
-            depths, number of conditioning vectors, fusion sizes; built with ``data_range='unit'``.
+        opt (dict | None): Options with ``network_g`` (any registered arch). Without it the network is the one the
+            checkpoint records (``meta.network_g``, written by this project's training, any arch) or, for a file
+            without a record (official, converted), the MixDehazeNet family is inferred from the weights:
+            MixDehazeNet vs MixCLDehazeNet (``text_emb.*`` keys), stage widths and depths, number of conditioning
+            vectors, fusion sizes; built with the recorded ``data_range``, else 'unit'. With ``network_g``, a
+            ``type`` other than the recorded arch is an error and another ``data_range`` warns
+            (:class:`DataRangeMismatchWarning`; the ``network_g`` value is used: this project's nets convert inside,
+            so their weights are the same for both ranges).
         param_key (str | None): Weights key; None -> ``opt['path']['param_key_g']``, else auto ('params_ema',
             then 'params', then 'state_dict'). An explicit key that the file lacks is an error.
         strict (bool | None): Require an exact key match; None -> ``opt['path']['strict_load_g']``, default True.
@@ -117,12 +144,19 @@ def build_net_from_checkpoint(weights, opt=None, param_key=None, strict=None, al
     if strict is None:
         strict = path_opt.get('strict_load_g', True) is not False
     unsafe = allow_unsafe_pickle or path_opt.get('allow_unsafe_pickle') is True
-    state = extract_state_dict(load_checkpoint_file(weights, unsafe), param_key, weights)
+    ckpt = load_checkpoint_file(weights, unsafe)
+    state = extract_state_dict(ckpt, param_key, weights)
+    meta = read_checkpoint_meta(ckpt, weights)
+    from basicsr.archs import build_network
     if opt.get('network_g'):
-        from basicsr.archs import build_network
         net_opt = copy.deepcopy(opt['network_g'])
         if 'type' not in net_opt:
             raise ValueError('network_g in the options has no `type`.')
+        if meta.get('arch') and net_opt['type'] != meta['arch']:
+            raise ValueError(f'{weights} holds a {meta["arch"]} (recorded in the checkpoint), but network_g.type in '
+                             f'the options is {net_opt["type"]!r}; use options for {meta["arch"]} or no --opt.')
+    elif meta.get('network_g'):
+        net_opt = copy.deepcopy(meta['network_g'])
     else:
         try:
             net_opt = infer_arch_from_state_dict(state)
@@ -131,9 +165,15 @@ def build_net_from_checkpoint(weights, opt=None, param_key=None, strict=None, al
                              'YAML whose network_g describes it.') from err
         if net_opt['type'] == 'MixCLDehazeNet':
             net_opt.update(_infer_fusion_opts(state))
-        net_opt['data_range'] = 'unit'
-        from basicsr.archs import build_network
+        net_opt['data_range'] = meta.get('data_range') or 'unit'
     net = build_network(copy.deepcopy(net_opt))
+    recorded, used = meta.get('data_range'), getattr(net, 'data_range', None)
+    if recorded and used and recorded != used:
+        warnings.warn(f'{weights} records data_range {recorded!r}; the options build the net with {used!r} '
+                      f'(network_g.data_range{"" if "data_range" in net_opt else " left to the arch default"}), which '
+                      'is used. Images still go in and come out in [0, 1], and this project\'s nets convert the range '
+                      'inside, so their weights and results are the same either way. Drop --opt to use the recorded '
+                      'network.', DataRangeMismatchWarning, stacklevel=2)
     check_state_dict(net, state, weights, strict)
     net.load_state_dict(state, strict=strict)
     net.eval()
@@ -290,7 +330,7 @@ class NetRestorer:
         self.tile = int(tile) if tile else None
         self.tile_overlap = int(tile_overlap)
         # tiles stay on the net's down-sampling grid (MixDehazeNet: patch_size 4), see tiled_forward
-        self.tile_align = int(tile_align or getattr(net, 'tile_align', None) or getattr(net, 'patch_size', 1) or 1)
+        self.tile_align = net_tile_align(net, tile_align)
         self.amp_dtype = AMP_DTYPES[amp]
         self.name = name or type(net).__name__
         self.num_params = count_params(net)
@@ -301,13 +341,10 @@ class NetRestorer:
             raise ValueError(f'{self.name} takes {self.num_cond} conditioning vectors; a ConditionProvider is needed.')
 
     def _forward(self, x, cond):
-        if self.data_range == 'signed':
-            x = x * 2 - 1
         amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
         with amp:
-            y = self.net(x) if self.num_cond == 0 else self.net(x, cond)
-        y = y.float()
-        return (y + 1) * 0.5 if self.data_range == 'signed' else y
+            y = run_net(self.net, x, cond, self.data_range)
+        return y.float()
 
     @torch.no_grad()
     def __call__(self, x):

@@ -8,8 +8,9 @@ same whole image (no tiling, batch 1) at every size:
 - ``onnxruntime``: the exported ONNX model in an ONNX Runtime CPU session (graph optimisations on).
 
 Both use ``--threads`` threads (torch intra-op threads and ONNX Runtime ``intra_op_num_threads``). The median of
-``--iters`` timed runs after ``--warmup`` runs gives images/s; the JSON printed at the end holds, per network and
-size, both rates, ``onnxruntime_over_torch`` (> 1: ONNX Runtime is faster) and the largest output difference.
+``--iters`` timed runs after ``--warmup`` runs (the backends take turns) gives images/s; the JSON printed at the end
+holds, per network and size, both rates, ``onnxruntime_over_torch`` (> 1: ONNX Runtime is faster) and the largest
+output difference.
 
 Examples:
     python scripts/benchmark_backends.py                               # 512 and 1024, S nets, all CPU threads
@@ -45,16 +46,21 @@ def parse_args(argv=None):
     return args
 
 
-def median_seconds(fn, warmup, iters):
-    """Median wall time of ``fn()`` over ``iters`` runs after ``warmup`` runs; also returns the last output."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2], out
+def median_seconds(fns, warmup, iters):
+    """Median wall time of each function over ``iters`` runs after ``warmup`` runs, and their last outputs.
+
+    The functions take turns within every iteration, so that load from other processes on a shared machine hits
+    all of them alike and the ratios stay meaningful.
+    """
+    times = [[] for _ in fns]
+    outs = [None] * len(fns)
+    for it in range(warmup + iters):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            outs[i] = fn()
+            if it >= warmup:
+                times[i].append(time.perf_counter() - start)
+    return [sorted(t)[len(t) // 2] for t in times], outs
 
 
 def bench_net(name, args, tmp):
@@ -76,8 +82,8 @@ def bench_net(name, args, tmp):
         extra = (torch.nn.functional.normalize(torch.randn(1, net.num_cond, net.cond_dim), dim=-1), ) \
             if net.num_cond else ()
         with torch.no_grad():
-            torch_s, ref = median_seconds(lambda: net(x, *extra), args.warmup, args.iters)
-        ort_s, out = median_seconds(lambda: runner.run(x, *extra), args.warmup, args.iters)
+            (torch_s, ort_s), (ref, out) = median_seconds([lambda: net(x, *extra), lambda: runner.run(x, *extra)],
+                                                          args.warmup, args.iters)
         rows.append({'net': name, 'size': f'{size}x{size}', 'torch_img_per_s': round(1 / torch_s, 4),
                      'onnxruntime_img_per_s': round(1 / ort_s, 4), 'onnxruntime_over_torch': round(torch_s / ort_s, 3),
                      'max_abs_diff': max_abs_diff(ref, out)})

@@ -1,16 +1,18 @@
-"""CLIPHazeNet measurements on CPU (or any device); prints one JSON object.
+"""CLIPHazeNet measurements on CPU; prints one JSON object.
 
 Sections (``--what``, default all):
 - ``scan``: the pure-PyTorch chunked selective scan against the naive per-position loop
-  (``selective_scan_naive``), forward and forward+backward, at ``--scan-length`` (default 4096 = a 64x64 map), with the
-  shape of one SS2D direction of the S preset at level 1 (batch 1, D = 64, N = 16); also the max difference.
+  (``selective_scan_naive``), forward and forward+backward CPU seconds, at ``--scan-length`` (default 4096 = a 64x64
+  map), with the shape of one SS2D direction of the S preset at level 1 (batch 1, D = 64, N = 16); also the max
+  difference.
 - ``macs``: parameters and MACs (``mixcl_arch.utils.flops.count_macs``, flop_counter) of T/S/B at ``--macs-size``;
   the scan's elementwise recurrence is not a matmul, so it is listed apart (``scan_state_updates``: one
   multiply-add per state, channel, position and direction).
 - ``infer``: one eval forward of ``--infer-variant`` (S) at ``--infer-size`` (1024) with random density and
-  embedding, in a fresh subprocess: seconds and peak RSS (``ru_maxrss``, the whole process) and its growth.
+  embedding, in a fresh subprocess: wall and CPU seconds, peak RSS (``ru_maxrss``, the whole process) and its growth.
 - ``train``: training img/s (forward + L1 loss + backward + AdamW step on random data, after warm-up) of
-  CLIPHazeNet-T and MixCLDehazeNet-T at the same ``--crop`` and ``--batch``, each in a fresh subprocess.
+  CLIPHazeNet-T and MixCLDehazeNet-T at the same ``--crop`` and ``--batch``, each in a fresh subprocess; per CPU
+  second (the fair figure with 1 thread on a shared machine) and per wall second.
 
 Every subprocess runs with ``--threads`` torch threads (default 1).
 
@@ -33,12 +35,12 @@ sys.path.insert(0, ROOT)
 SECTIONS = ('scan', 'macs', 'infer', 'train')
 
 
-def _timed(fn, repeats):
+def _timed(fn, repeats, clock=time.perf_counter):
     fn()  # warm-up
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(repeats):
         fn()
-    return (time.perf_counter() - t0) / repeats
+    return (clock() - t0) / repeats
 
 
 def bench_scan(length, repeats):
@@ -62,10 +64,12 @@ def bench_scan(length, repeats):
             args = {k: (v.clone().requires_grad_() if k in leaves else v) for k, v in inp.items()}
             fn(**args, delta_softplus=True).square().mean().backward()
 
-        out[f'{name}_forward_s'] = round(_timed(forward, repeats), 4)
-        out[f'{name}_forward_backward_s'] = round(_timed(train_step, repeats), 4)
-    out['speedup_forward'] = round(out['naive_forward_s'] / out['chunked_forward_s'], 1)
-    out['speedup_forward_backward'] = round(out['naive_forward_backward_s'] / out['chunked_forward_backward_s'], 1)
+        # CPU seconds: wall time on a shared machine counts the other jobs
+        out[f'{name}_forward_cpu_s'] = round(_timed(forward, repeats, clock=time.process_time), 4)
+        out[f'{name}_forward_backward_cpu_s'] = round(_timed(train_step, repeats, clock=time.process_time), 4)
+    out['speedup_forward'] = round(out['naive_forward_cpu_s'] / out['chunked_forward_cpu_s'], 1)
+    out['speedup_forward_backward'] = round(out['naive_forward_backward_cpu_s'] / out['chunked_forward_backward_cpu_s'],
+                                            1)
     with torch.no_grad():
         ref = selective_scan_naive(**inp, delta_softplus=True)
         out['max_abs_diff'] = float((selective_scan(**inp, delta_softplus=True, impl='torch') - ref).abs().max())
@@ -119,12 +123,13 @@ def worker_infer(variant, size):
     x = torch.rand(1, 3, size, size)
     density, embedding, _ = conditioned(net, 1, size)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():
         y = net(x, density, embedding)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {'model': f'CLIPHazeNet-{variant}', 'size': size, 'seconds': round(seconds, 2),
+            'cpu_seconds': round(cpu_seconds, 2),
             'peak_rss_mib': round(peak / 2**20, 1), 'peak_rss_growth_mib': round((peak - base) / 2**20, 1),
             'finite': bool(torch.isfinite(y).all())}
 
@@ -151,9 +156,13 @@ def worker_train(arch, crop, batch, steps):
         torch.nn.functional.l1_loss(net(*args), gt).backward()
         optim.step()
 
-    seconds = _timed(step, steps)
-    return {'model': arch, 'crop': crop, 'batch': batch, 'steps': steps, 'seconds_per_step': round(seconds, 3),
-            'img_per_s': round(batch / seconds, 2)}
+    wall = time.perf_counter()
+    cpu_seconds = _timed(step, steps, clock=time.process_time)
+    wall = (time.perf_counter() - wall) / (steps + 1)
+    # per CPU second (with 1 thread the fair number on a shared machine, where wall time includes other jobs)
+    return {'model': arch, 'crop': crop, 'batch': batch, 'steps': steps, 'cpu_seconds_per_step': round(cpu_seconds, 3),
+            'wall_seconds_per_step': round(wall, 3), 'img_per_cpu_s': round(batch / cpu_seconds, 2),
+            'img_per_wall_s': round(batch / wall, 2)}
 
 
 def run_worker(argv, threads):
@@ -202,8 +211,8 @@ def main():
             for arch in ('CLIPHazeNet-T', 'MixCLDehazeNet-T')
         ]
         report['train'] = rows
-        if all('img_per_s' in r for r in rows):
-            report['train_ratio_cliphaze_over_mixcl'] = round(rows[0]['img_per_s'] / rows[1]['img_per_s'], 3)
+        if all('img_per_cpu_s' in r for r in rows):
+            report['train_ratio_cliphaze_over_mixcl'] = round(rows[0]['img_per_cpu_s'] / rows[1]['img_per_cpu_s'], 3)
     print(json.dumps(report, indent=1))
 
 

@@ -28,13 +28,6 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import mixcl_arch  # noqa: E402,F401  (before basicsr)
-
-TINY_NAME = 'mixcl-bench-tiny-clip'
-TINY_CFG = {'embed_dim': 512,
-            'vision_cfg': {'image_size': 32, 'layers': 1, 'width': 32, 'patch_size': 16, 'head_width': 16},
-            'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 32, 'heads': 2, 'layers': 1}}
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -48,6 +41,17 @@ def parse_args(argv=None):
     p.add_argument('--vit-images', type=int, default=32, help='images for the ViT-B-32 extraction run (0: skip)')
     p.add_argument('--device', default='cpu', help='cpu | cuda | auto (extraction)')
     return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer here, before the imports below (torch and basicsr take seconds)
+
+import mixcl_arch  # noqa: E402,F401  (before basicsr)
+
+TINY_NAME = 'mixcl-bench-tiny-clip'
+TINY_CFG = {'embed_dim': 512,
+            'vision_cfg': {'image_size': 32, 'layers': 1, 'width': 32, 'patch_size': 16, 'head_width': 16},
+            'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 32, 'heads': 2, 'layers': 1}}
 
 
 def make_data(root, n, size):

@@ -21,8 +21,20 @@ import statistics
 import sys
 import time
 
-import cv2
-import numpy as np
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--sizes', default='1024x1024,620x460', help='comma-separated WxH list')
+    p.add_argument('--repeats', type=int, default=7)
+    p.add_argument('--device', default='cpu', help="also time on this device when it is 'cuda' / 'cuda:N'")
+    return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer here, before the imports below (torch and basicsr take seconds)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO not in sys.path:
@@ -138,11 +150,7 @@ def bench_size(h, w, repeats, device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--sizes', default='1024x1024,620x460', help='comma-separated WxH list')
-    p.add_argument('--repeats', type=int, default=7)
-    p.add_argument('--device', default='cpu', help="also time on this device when it is 'cuda' / 'cuda:N'")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('--device cuda given but CUDA is not available')

@@ -22,6 +22,7 @@ Writes to ``--out``:
   mean time per image (ms), parameters, and MACs of the network at 1x3x256x256 (``mixcl_arch.utils.flops``,
   FlopCounterMode: convs, matmuls and attention; the CLIP encoder of conditioned nets is not included);
 - ``figure.png``: rows of hazy | each method | GT with labels (per-image PSNR / SSIM) for ``--figure`` images;
+  with ``--figure-maps`` each DCP method is followed by its dark channel, transmission and depth heat map;
 - with ``--save-images``: every output as ``images/<method>/<hazy path without extension>.png``.
 
 Resumable: rows already in ``results.csv`` for an (image, method) are skipped (``--no-resume`` recomputes all);
@@ -48,8 +49,36 @@ import random
 import sys
 import time
 
-import cv2
-import numpy as np
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--data', required=True, help='split folder: hazy/ + GT/ (+ meta.csv) or hazy.lmdb + GT.lmdb')
+    p.add_argument('--meta', default=None, help='pair CSV (default DATA/meta.csv when present)')
+    p.add_argument('--method', action='append', help='name=LABEL,method=net|dcp|dehazenet|hazy[,weights=..,opt=..,'
+                   'key=value...] (repeatable)')
+    p.add_argument('--methods-yaml', default=None, help='YAML list of methods (same keys)')
+    p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--device', default='cpu', help="'cpu', 'cuda', 'cuda:1' or 'auto' (default cpu)")
+    p.add_argument('--max-images', type=int, default=None, help='only the first N pairs (sorted as listed)')
+    p.add_argument('--figure', default='4', help="figure images: a count (random, --seed) or comma-separated hazy "
+                   "names; '0' for no figure")
+    p.add_argument('--figure-height', type=int, default=160, help='height of each figure cell in pixels')
+    p.add_argument('--figure-maps', action='store_true', help='figure: after each method=dcp column, its dark '
+                   'channel, transmission and depth heat map (the lab report\'s figure, see docs/baselines.md)')
+    p.add_argument('--macs-size', type=int, default=256, help='square input size for MACs (default 256)')
+    p.add_argument('--no-resume', action='store_true', help='ignore existing results.csv rows and recompute')
+    p.add_argument('--flush-every', type=int, default=20, help='rewrite results.csv every N new rows')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
+    p.add_argument('--save-images', action='store_true', help='also write every output to OUT/images/METHOD/')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer here, before the imports below (torch and basicsr take seconds)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO not in sys.path:
@@ -58,6 +87,7 @@ import mixcl_arch  # noqa: E402,F401  (patches basicsr before anything imports i
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from mixcl_arch.baselines.dcp import MAP_NAMES, dcp_maps  # noqa: E402
 from mixcl_arch.metrics.dehaze_metric import calculate_psnr_dehaze, calculate_ssim_dehaze  # noqa: E402
 from mixcl_arch.utils.flops import count_macs, format_count  # noqa: E402
 from mixcl_arch.utils.haze import atomic_imwrite, atomic_write_text, imread_rgb  # noqa: E402
@@ -389,6 +419,8 @@ def make_figure(cells, fig_items, methods, rows_by_key, height, path):
             r = rows_by_key.get((key, m['name']))
             sub = f"{float(r['psnr']):.2f} dB / {float(r['ssim']):.3f}" if r else ''
             row.append(_cell(cells[(key, m['name'])], height, m['name'], sub))
+            row += [_cell(cells[(key, m['name'], name)], height, f"{m['name']}: {name}")
+                    for name in MAP_NAMES if (key, m['name'], name) in cells]  # --figure-maps
         row.append(_cell(gt, height, 'GT'))
         gap = np.full((row[0].shape[0], 4, 3), 255, np.uint8)
         parts = []
@@ -403,28 +435,6 @@ def make_figure(cells, fig_items, methods, rows_by_key, height, path):
 # ---------------------------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------------------------
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--data', required=True, help='split folder: hazy/ + GT/ (+ meta.csv) or hazy.lmdb + GT.lmdb')
-    p.add_argument('--meta', default=None, help='pair CSV (default DATA/meta.csv when present)')
-    p.add_argument('--method', action='append', help='name=LABEL,method=net|dcp|dehazenet|hazy[,weights=..,opt=..,'
-                   'key=value...] (repeatable)')
-    p.add_argument('--methods-yaml', default=None, help='YAML list of methods (same keys)')
-    p.add_argument('--out', required=True, help='output folder')
-    p.add_argument('--device', default='cpu', help="'cpu', 'cuda', 'cuda:1' or 'auto' (default cpu)")
-    p.add_argument('--max-images', type=int, default=None, help='only the first N pairs (sorted as listed)')
-    p.add_argument('--figure', default='4', help="figure images: a count (random, --seed) or comma-separated hazy "
-                   "names; '0' for no figure")
-    p.add_argument('--figure-height', type=int, default=160, help='height of each figure cell in pixels')
-    p.add_argument('--macs-size', type=int, default=256, help='square input size for MACs (default 256)')
-    p.add_argument('--no-resume', action='store_true', help='ignore existing results.csv rows and recompute')
-    p.add_argument('--flush-every', type=int, default=20, help='rewrite results.csv every N new rows')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
-    p.add_argument('--save-images', action='store_true', help='also write every output to OUT/images/METHOD/')
-    p.add_argument('--quiet', action='store_true', help='no progress bar')
-    return p.parse_args(argv)
-
 
 def pick_figure_items(items, spec, seed):
     spec = str(spec).strip()
@@ -494,6 +504,9 @@ def run(args):
                     cells[(it['image'], m['name'])] = y[0].numpy().transpose(1, 2, 0)
                     cells[(it['image'], '__hazy__')] = hazy
                     cells[(it['image'], '__gt__')] = gt
+                    if args.figure_maps and m['method'] == 'dcp':
+                        maps = dcp_maps(restorer.estimate(x))
+                        cells.update({(it['image'], m['name'], name): maps[name] for name in MAP_NAMES})
                 if (it['image'], m['name']) in done:
                     continue
                 if args.save_images:

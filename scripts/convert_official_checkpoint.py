@@ -16,11 +16,34 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
+# the keys of ARCHS and mixcl_arch.utils.checkpoint.SAVE_FORMATS, spelled out so that --help needs no torch
+# (tests/test_polish.py checks that they agree)
+ARCH_NAMES = ('MixCLDehazeNet', 'MixDehazeNet')
+FORMATS = ('pth', 'safetensors')
 
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('-i', '--input', required=True, help='official checkpoint (.pth/.pk)')
+    parser.add_argument('-o', '--output', required=True, help='BasicSR-format output file')
+    parser.add_argument('--arch', choices=ARCH_NAMES, default=None, help='default: inferred from the keys')
+    parser.add_argument('--variant', choices=['T', 'S', 'B', 'L'], default=None, help='default: inferred depths')
+    parser.add_argument('--overwrite', action='store_true')
+    parser.add_argument('--format', choices=FORMATS, default=None,
+                        help='output format (default: safetensors for an output ending in .safetensors, else pth)')
+    parser.add_argument('--allow-unsafe-pickle', action='store_true',
+                        help='fully unpickle an input that weights_only refuses. DANGEROUS: can execute arbitrary '
+                        'code; only for files you trust')
+    return parser.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer here, before the imports below (torch and basicsr take seconds)
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
 from mixcl_arch.archs.mixdehazenet_arch import MixCLDehazeNet, MixDehazeNet  # noqa: E402
-from mixcl_arch.utils.checkpoint import (SAVE_FORMATS, check_state_dict, extract_state_dict,  # noqa: E402
-                                         infer_arch_from_state_dict, load_checkpoint_file, save_weights_file)
+from mixcl_arch.utils.checkpoint import (check_state_dict, extract_state_dict, infer_arch_from_state_dict,  # noqa: E402
+                                         load_checkpoint_file, save_weights_file)
 from mixcl_arch.utils.output_guard import check_outputs_apart  # noqa: E402
 
 ARCHS = {'MixDehazeNet': MixDehazeNet, 'MixCLDehazeNet': MixCLDehazeNet}
@@ -53,18 +76,7 @@ def convert(src, dst, arch=None, variant=None, overwrite=False, fmt='pth', allow
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-i', '--input', required=True, help='official checkpoint (.pth/.pk)')
-    parser.add_argument('-o', '--output', required=True, help='BasicSR-format output file')
-    parser.add_argument('--arch', choices=sorted(ARCHS), default=None, help='default: inferred from the keys')
-    parser.add_argument('--variant', choices=['T', 'S', 'B', 'L'], default=None, help='default: inferred depths')
-    parser.add_argument('--overwrite', action='store_true')
-    parser.add_argument('--format', choices=SAVE_FORMATS, default=None,
-                        help='output format (default: safetensors for an output ending in .safetensors, else pth)')
-    parser.add_argument('--allow-unsafe-pickle', action='store_true',
-                        help='fully unpickle an input that weights_only refuses. DANGEROUS: can execute arbitrary '
-                        'code; only for files you trust')
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     fmt = args.format or ('safetensors' if args.output.lower().endswith('.safetensors') else 'pth')
     print(json.dumps(convert(args.input, args.output, args.arch, args.variant, args.overwrite, fmt,
                              args.allow_unsafe_pickle)))

@@ -27,13 +27,6 @@ import shutil
 import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from mixcl_arch.utils.haze import atomic_write_bytes  # noqa: E402
-from mixcl_arch.utils.lmdb_tools import make_lmdb_from_folder  # noqa: E402
-from mixcl_arch.utils.output_guard import check_outputs_apart  # noqa: E402
-
-LMDB_FILES = {'data.mdb', 'lock.mdb', 'meta_info.txt'}
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,6 +50,17 @@ def parse_args(argv=None):
     if args.folder and not args.lmdb:
         p.error('--folder needs --lmdb')
     return args
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer here, before the imports below (torch and basicsr take seconds)
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from mixcl_arch.utils.file_io import atomic_write_bytes  # noqa: E402
+from mixcl_arch.utils.lmdb_tools import make_lmdb_from_folder  # noqa: E402
+from mixcl_arch.utils.output_guard import check_outputs_apart  # noqa: E402
+
+LMDB_FILES = {'data.mdb', 'lock.mdb', 'meta_info.txt'}
 
 
 def copy_atomic(src, dst):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's main command: the whole method end to end on CPU in minutes, with no dataset and no download.
 #
-#   bash scripts/demo.sh [OUT]          (OUT defaults to ./demo_output)
+#   bash scripts/demo.sh [OUT]          (OUT defaults to ./demo_output; --help prints this)
 #
 # 1. installs what is missing (scripts/install.sh);
 # 2. builds hazy/clear pairs from the photos bundled with scikit-image (scripts/make_demo_data.py; the Middlebury
@@ -19,6 +19,15 @@
 #   DEMO_SKIP_INSTALL=1     do not run scripts/install.sh
 #   PYTHON=python3          the interpreter
 set -euo pipefail
+
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }  # the comment above
+case "${1:-}" in
+  -h | --help) usage; exit 0 ;;
+  -*) printf 'scripts/demo.sh: unknown option %s\n\n' "$1" >&2; usage >&2; exit 2 ;;
+esac
+if [ $# -gt 1 ]; then
+  printf 'scripts/demo.sh: one output folder at most, got %s arguments\n\n' "$#" >&2; usage >&2; exit 2
+fi
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-${DEMO_OUT:-$REPO/demo_output}}

@@ -18,6 +18,11 @@ Examples::
     # extra prompt set and an LMDB
     python scripts/extract_clip_features.py --dataroot datasets/RESIDE-6K/train/hazy.lmdb --out f.pt \\
         --prompt-set density=thin haze,moderate haze,dense haze
+    # CLIPHaze's inputs: the zero-shot haze-density map (stored at 1/8, fp16) and the image embedding
+    python scripts/extract_clip_features.py --dataroot datasets/NH-HAZE/train/hazy --density --pretrained w.safetensors
+    # offline stand-in without CLIP weights: density 1 - t of the dark channel prior, stand-in embedding (NOT CLIP)
+    python scripts/extract_clip_features.py --dataroot datasets/NH-HAZE/train/hazy --density --density-source dcp \\
+        --standin-domain outdoor
 """
 import argparse
 import json
@@ -30,9 +35,6 @@ import urllib.parse
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-
-import mixcl_arch  # noqa: E402,F401  (before basicsr)
-from mixcl_arch.utils.output_guard import check_outputs_apart  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -60,7 +62,59 @@ def parse_args(argv=None):
     p.add_argument('--save-every', type=int, default=50, help='rewrite the store every N batches (resumable)')
     p.add_argument('--overwrite', action='store_true', help='start over instead of resuming an existing store')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
+    g = p.add_argument_group('CLIPHaze conditioning (cliphaze_cond: section of -opt, overridden by these)')
+    g.add_argument('--density', action='store_true', help="also store the haze-density map of every image ('density' "
+                   'maps at 1/--density-scale, fp16) and CLIPHaze\'s embedding (image_emb)')
+    g.add_argument('--density-source', choices=['clip', 'dcp'], help='clip: zero-shot CLIP map; dcp: 1 - t of the '
+                   'dark channel prior (NOT CLIP, needs no weights)')
+    g.add_argument('--density-crop', type=int, help='crop side (default 224)')
+    g.add_argument('--density-stride', type=int, help='crop stride (default 112)')
+    g.add_argument('--density-short-side', help='resize the short side to this before cropping (default 448; none)')
+    g.add_argument('--density-normalize', choices=['minmax', 'none'], help='per-image min-max (default) or none')
+    g.add_argument('--density-scale', type=int, help='stored map resolution 1/N (default 8)')
+    g.add_argument('--hazy-template', action='append', help='hazy prompt template with {} (repeatable)')
+    g.add_argument('--clear-template', action='append', help='clear prompt template with {} (repeatable)')
+    g.add_argument('--scene', action='append', help='scene word filled into the templates (repeatable)')
+    g.add_argument('--embedding-source', help="clip | standin (NOT CLIP) | a registered hook")
+    g.add_argument('--standin-domain', help='domain of the stand-in embedding for images without a CSV label')
+    g.add_argument('--dcp-param', action='append', default=[], metavar='KEY=VALUE',
+                   help='DCP option for --density-source dcp (preset=lab_report, patch_radius=7, ...)')
     return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer here, before the imports below (torch and basicsr take seconds)
+
+import mixcl_arch  # noqa: E402,F401  (before basicsr)
+from mixcl_arch.utils.output_guard import check_outputs_apart  # noqa: E402
+
+
+def cliphaze_options(args, opt):
+    """The CLIPHaze conditioning config (None without --density): the YAML's cliphaze_cond: section (top level, else
+    the first dataset's) overridden by the command line."""
+    from mixcl_arch.clip.cliphaze_cond import CLIPHazeCondConfig
+    if not args.density:
+        return None
+    opt = opt or {}
+    datasets = [d for d in (opt.get('datasets') or {}).values() if isinstance(d, dict) and d.get('cliphaze_cond')]
+    cfg = dict(opt.get('cliphaze_cond') or (datasets[0]['cliphaze_cond'] if datasets else {}))
+    flags = {'density_source': args.density_source, 'crop': args.density_crop, 'stride': args.density_stride,
+             'normalize': args.density_normalize, 'store_scale': args.density_scale,
+             'hazy_templates': args.hazy_template, 'clear_templates': args.clear_template, 'scenes': args.scene,
+             'embedding_source': args.embedding_source, 'standin_domain': args.standin_domain}
+    cfg.update({k: v for k, v in flags.items() if v is not None})
+    if args.density_short_side is not None:
+        side = args.density_short_side.strip().lower()
+        cfg['short_side'] = None if side in ('none', 'null', '') else int(side)
+    if args.dcp_param:
+        dcp = dict(cfg.get('dcp') or {})
+        for spec in args.dcp_param:
+            key, sep, value = spec.partition('=')
+            if not sep:
+                raise ValueError(f'--dcp-param {spec!r}: expected KEY=VALUE')
+            dcp[key.strip()] = value.strip()
+        cfg['dcp'] = dcp
+    return CLIPHazeCondConfig.from_opt(cfg)
 
 
 def clip_options(args, opt):
@@ -135,16 +189,18 @@ def list_keys(dataroot, meta_file=None):
 
 
 class _Images:
-    """Decoded, preprocessed images for the DataLoader (LMDB through the shared checked environment of lmdb_tools)."""
+    """Decoded, preprocessed images for the DataLoader (LMDB through the shared checked environment of lmdb_tools):
+    (key, CLIP input or None without ``preprocess``, (3, H, W) image in [0, 1] or None unless ``full``)."""
 
-    def __init__(self, root, items, lmdb, preprocess):
-        self.root, self.items, self.lmdb, self.preprocess = root, items, lmdb, preprocess
+    def __init__(self, root, items, lmdb, preprocess, full=False):
+        self.root, self.items, self.lmdb, self.preprocess, self.full = root, items, lmdb, preprocess, full
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
         import numpy as np
+        import torch
         from PIL import Image
 
         from mixcl_arch.data.clip_data_util import decode_image
@@ -159,16 +215,72 @@ class _Images:
             with open(osp.join(self.root, name), 'rb') as f:
                 buf = f.read()
         img = decode_image(buf, osp.join(self.root, name))
-        pil = Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
-        return key, self.preprocess(pil)
+        pixels = None
+        if self.preprocess is not None:
+            pixels = self.preprocess(Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)))
+        full = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))) if self.full else None
+        return key, pixels, full
 
 
 def _collate(batch):
     import torch
-    return [k for k, _ in batch], torch.stack([x for _, x in batch])
+    pixels = [p for _, p, _ in batch]
+    return [k for k, _, _ in batch], (torch.stack(pixels) if pixels[0] is not None else None), [f for _, _, f in batch]
+
+
+def csv_domains(meta_file, lmdb):
+    """{store key: domain label} from a pair CSV's domain column ({} without a file or column)."""
+    from mixcl_arch.clip import image_key
+    from mixcl_arch.data.clip_data_util import read_pair_csv
+    if not meta_file:
+        return {}
+    from mixcl_arch.data.clip_paired_image_dataset import CLIPPairedImageDataset
+    rows = read_pair_csv(meta_file)
+    key = (lambda n: urllib.parse.unquote(CLIPPairedImageDataset._csv_lmdb_key(n))) if lmdb else image_key
+    return {key(r['hazy'].replace(os.sep, '/')): r['domain'] for r in rows if r.get('domain')}
+
+
+def new_store(prior, cond, domains):
+    """Empty store: CLIP's (prior given) or the stand-in's (NOT CLIP), with the 'density' kind when ``cond``."""
+    import torch
+
+    from mixcl_arch.clip import FeatureStore
+    from mixcl_arch.clip.cliphaze_cond import standin_provenance
+    from mixcl_arch.data.clip_data_util import standin_text_feature
+    if prior is not None:
+        store = FeatureStore.from_prior(prior)
+    else:
+        text = torch.stack([standin_text_feature(d, cond.embed_dim) for d in domains])
+        store = FeatureStore(standin_provenance(domains, cond.embed_dim), {'domain': text})
+    return store.add_spatial_kind('density', cond.provenance()) if cond is not None else store
+
+
+def cliphaze_rows(prior, cond, store, keys, pixels, images, labels):
+    """Store rows and density maps of a batch with CLIPHaze's conditioning (``cond``)."""
+    import torch
+    import torch.nn.functional as F
+
+    from mixcl_arch.clip.cliphaze_cond import compute_cliphaze_conditioning, compute_density, to_store_resolution
+    out = prior.from_pixels(pixels) if prior is not None else {}
+    domains = [labels.get(k, cond.standin_domain) for k in keys]
+    own_emb = cond.embedding_source != 'clip'  # CLIP's embedding is already in ``out`` (PIL path, as without cond)
+    maps, embs = [], []
+    for img, domain in zip(images, domains):  # one image at a time: sizes differ
+        if own_emb:
+            density, emb = compute_cliphaze_conditioning(prior, img[None], cond, [domain] if domain else None)
+            embs.append(emb)
+        else:
+            density = compute_density(prior, img[None], cond)
+        maps.append(to_store_resolution(density, cond.store_scale)[0])
+    if own_emb:
+        out['image_emb'] = torch.cat(embs)
+    if prior is None:  # stand-in: the domain label as a one-hot probability
+        out['probs'] = F.one_hot(torch.tensor([store.domains.index(d) for d in domains]), len(store.domains)).float()
+    return out, {'density': maps}
 
 
 def same_provenance(a, b):
+    """Provenance keys that differ between two stores' meta (CLIP or stand-in)."""
     keys = ('model', 'pretrained_kind', 'pretrained_sha256', 'quick_gelu', 'model_cfg', 'domains', 'templates',
             'prompt_sets', 'embed_dim', 'logit_scale')
     diffs = [k for k in keys if a.get(k) != b.get(k)]
@@ -178,39 +290,61 @@ def same_provenance(a, b):
 
 
 def extract(prior, dataroot, out, meta_file=None, batch_size=64, num_workers=2, save_every=50, overwrite=False,
-            progress=True):
-    """Fill (or complete) the feature store ``out`` for ``dataroot``; returns the summary dict."""
+            progress=True, cond=None, domains=('indoor', 'outdoor')):
+    """Fill (or complete) the feature store ``out`` for ``dataroot``; returns the summary dict.
+
+    ``cond`` (:class:`~mixcl_arch.clip.cliphaze_cond.CLIPHazeCondConfig`) adds CLIPHaze's density maps and
+    embedding; ``prior`` may then be None (stand-in route, ``domains`` are the stand-in's classes).
+    """
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     from mixcl_arch.clip import FeatureStore
+    from mixcl_arch.clip.cliphaze_cond import density_mismatches
     t0 = time.time()
     items, lmdb = list_keys(dataroot, meta_file)
+    labels = csv_domains(meta_file, lmdb) if cond is not None else {}
+    fresh = new_store(prior, cond, list(domains))
+    if prior is None:
+        unknown = sorted(set(labels.values()) - set(fresh.domains))
+        if unknown:
+            raise ValueError(f'{meta_file}: domain label(s) {unknown} not among the stand-in domains {fresh.domains} '
+                             '(--domains).')
     if osp.isfile(out) and not overwrite:
         store = FeatureStore.load(out)
-        diffs = same_provenance(store.meta, prior.provenance())
+        diffs = same_provenance(store.meta, fresh.meta)
+        if sorted(store.spatial_meta) != sorted(fresh.spatial_meta):
+            diffs.append(f'spatial kinds {sorted(store.spatial_meta)} vs {sorted(fresh.spatial_meta)}')
+        elif cond is not None:
+            diffs += density_mismatches(store.spatial_meta['density'], cond)
         if diffs:
             raise ValueError(f'{out} was made with other CLIP options ({", ".join(diffs)}); pass --overwrite to '
                              'start over, or another --out.')
     else:
-        store = FeatureStore.from_prior(prior)
+        store = fresh
     todo = [it for it in items if it[0] not in store]
-    loader = DataLoader(_Images(dataroot, todo, lmdb, prior.preprocess), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers if todo else 0, collate_fn=_collate,
-                        pin_memory=prior.device.type == 'cuda')
+    device = prior.device if prior is not None else torch.device('cpu')
+    loader = DataLoader(_Images(dataroot, todo, lmdb, prior.preprocess if prior is not None else None,
+                                full=cond is not None), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers if todo else 0, collate_fn=_collate, pin_memory=device.type == 'cuda')
     t1 = time.time()
     with torch.no_grad():
-        for i, (keys, pixels) in enumerate(tqdm(loader, desc=f'CLIP {osp.basename(out)}', disable=not progress,
-                                                unit='batch')):
-            store.add(keys, prior.from_pixels(pixels))
+        for i, (keys, pixels, images) in enumerate(tqdm(loader, desc=f'CLIP {osp.basename(out)}',
+                                                        disable=not progress, unit='batch')):
+            if cond is None:
+                store.add(keys, prior.from_pixels(pixels))
+            else:
+                store.add(keys, *cliphaze_rows(prior, cond, store, keys, pixels, [x.to(device) for x in images],
+                                               labels))
             if save_every and (i + 1) % save_every == 0:
                 store.save(out)
     if todo or not osp.isfile(out):
         store.save(out)
     dt = time.time() - t1
     summary = {'out': out, 'dataroot': dataroot, 'backend': 'lmdb' if lmdb else 'disk', 'new': len(todo),
-               'skipped': len(items) - len(todo), **store.summary(), 'device': str(prior.device),
+               'skipped': len(items) - len(todo), **store.summary(), 'device': str(device),
+               'density_source': cond.density_source if cond is not None else None,
                'img_per_s': round(len(todo) / dt, 2) if todo and dt > 0 else None,
                'seconds': round(time.time() - t0, 2)}
     return summary
@@ -242,19 +376,22 @@ def main(argv=None):
         opt = load_yaml_file(args.opt)
     from mixcl_arch.clip import CLIPPrior, CLIPWeightsError
     clip = clip_options(args, opt)
-    jobs = jobs_from(args, opt, str(clip['model']).replace('/', '-'))
+    cond = cliphaze_options(args, opt)
+    # the stand-in route (DCP density, stand-in embedding) runs without CLIP weights
+    standin = cond is not None and cond.density_source == 'dcp' and cond.embedding_source == 'standin'
+    jobs = jobs_from(args, opt, 'standin' if standin else str(clip['model']).replace('/', '-'))
     for root, out, meta in jobs:  # fail on bad input before loading CLIP
         check_outputs_apart([out], [root, meta], 'feature store')
         list_keys(root, meta)
     try:
-        prior = CLIPPrior.from_opt(clip)
+        prior = None if standin else CLIPPrior.from_opt(clip)
     except CLIPWeightsError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     summaries = []
     for root, out, meta in jobs:
         s = extract(prior, root, out, meta, args.batch_size, args.num_workers, args.save_every, args.overwrite,
-                    progress=not args.quiet)
+                    progress=not args.quiet, cond=cond, domains=clip.get('domains') or ('indoor', 'outdoor'))
         print(json.dumps(s), flush=True)
         summaries.append(s)
     return 0

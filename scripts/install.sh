@@ -13,7 +13,9 @@ fi
 # this checkout (an editable install of another clone does not count)
 where=$(cd / && "$PY" -c 'import mixcl_arch, os; print(os.path.dirname(os.path.dirname(mixcl_arch.__file__)))' \
         2>/dev/null || true)
-if ! (cd / && "$PY" -c "import mixcl_arch, pytest, pytorch_msssim, open_clip, lmdb, skimage") >/dev/null 2>&1 \
+# mixcl_arch_hook is the BasicSR import hook installed with the package (older installs lack it: reinstall)
+if ! (cd / && "$PY" -c "import mixcl_arch, mixcl_arch_hook, pytest, pytorch_msssim, open_clip, lmdb, skimage, safetensors") \
+     >/dev/null 2>&1 \
    || [ "$where" != "$PWD" ]; then
   echo "[install] pip install -e '.[test]'"
   "$PY" -m pip install -q -e '.[test]'

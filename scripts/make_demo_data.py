@@ -43,20 +43,6 @@ import os
 import os.path as osp
 import sys
 
-import cv2
-import numpy as np
-
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
-from mixcl_arch.utils.haze import atomic_imwrite, atomic_write_text, write_pfm  # noqa: E402
-from mixcl_arch.utils.output_guard import MANIFEST_NAME, OutputManifest, check_outputs_apart  # noqa: E402
-
-TOOL = 'make_demo_data'
-DATASET_FOLDERS = ('clean', 'depth', 'train/hazy', 'train/GT', 'test/hazy', 'test/GT')
-DOMAINS = {'astronaut': 'indoor', 'coffee': 'indoor', 'chelsea': 'indoor', 'motorcycle': 'indoor', 'rocket': 'outdoor'}
-MIDDLEBURY_MOTORCYCLE = {'focal': 994.978, 'baseline': 193.001, 'doffs': 31.086}
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default='demo_output/data', help='output folder (default demo_output/data)')
@@ -71,6 +57,23 @@ def parse_args(argv=None):
                    help='only write FILE with the oracle stand-in per-domain vectors the dataset uses without a '
                    'feature store (for the inference CLI\'s --feature-store); NOT CLIP features')
     return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer here, before the imports below (torch and basicsr take seconds)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+from mixcl_arch.utils.haze import atomic_imwrite, atomic_write_text, write_pfm  # noqa: E402
+from mixcl_arch.utils.output_guard import MANIFEST_NAME, OutputManifest, check_outputs_apart  # noqa: E402
+
+TOOL = 'make_demo_data'
+DATASET_FOLDERS = ('clean', 'depth', 'train/hazy', 'train/GT', 'test/hazy', 'test/GT')
+DOMAINS = {'astronaut': 'indoor', 'coffee': 'indoor', 'chelsea': 'indoor', 'motorcycle': 'indoor', 'rocket': 'outdoor'}
+MIDDLEBURY_MOTORCYCLE = {'focal': 994.978, 'baseline': 193.001, 'doffs': 31.086}
 
 
 def load_images():

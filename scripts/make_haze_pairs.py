@@ -8,6 +8,7 @@ Output::
     ROOT/train/GT/<rel>/<stem>.png                       clear image (resized if --max-size)
     ROOT/train/hazy/<rel>/<stem>_<k>_<A>_<beta>.png      k-th hazy version
     ROOT/train/meta.csv                                  hazy,gt,domain,beta,A,depth_source
+    ROOT/train/GT_paired/<stem>_<k>_<A>_<beta>.png       --basicsr-layout: the GT again under each hazy name
     ROOT/test/...                                        held-out images (never shared with train)
 
 Depth: from ``--depth-dir`` (a file named like the image's relative path with extension .npy, .png or .pfm) when
@@ -22,8 +23,17 @@ Example::
 
 Safety: the folders written (ROOT/train, ROOT/test) may not equal, contain or sit inside an input (--input,
 --depth-dir, --domain-csv); every file written is recorded in ROOT/.mixcl_outputs.jsonl, and ``--overwrite`` deletes
-only recorded files that are unchanged since. A file in ROOT/{train,test}/{hazy,GT} that this script did not write
-stops the run before anything is written.
+only recorded files that are unchanged since. A file in ROOT/{train,test}/{hazy,GT,GT_paired} that this script did
+not write stops the run before anything is written.
+
+BasicSR layout (``--basicsr-layout``, both modes): several hazy versions share one GT, which BasicSR's own
+``PairedImageDataset`` cannot pair (it pairs equal file names). SPLIT/GT_paired holds the GT once per hazy image,
+under the hazy image's name, as a hard link (a copy where the file system has none), so that it reads::
+
+    type: PairedImageDataset
+    dataroot_lq: ROOT/train/hazy
+    dataroot_gt: ROOT/train/GT_paired
+    filename_tmpl: '{}'
 
 Index mode (an existing hazy/GT split such as ITS, OTS or SOTS, nothing synthesised): writes SPLIT/meta.csv with the
 GT of each hazy image found by name: the same relative path (DehazeFormer layout) or, failing that, the hazy stem up
@@ -38,21 +48,17 @@ import json
 import os
 import os.path as osp
 import re
+import secrets
+import shutil
 import sys
 import time
 
-import cv2
-import numpy as np
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from mixcl_arch.utils.haze import (DOMAIN_PRESETS, IMG_EXTENSIONS, atomic_imwrite, atomic_write_text,  # noqa: E402
-                                   fill_invalid_depth, haze_depth, image_rng, imread_rgb, load_depth_file,
-                                   pseudo_depth, sample_haze_params, synthesize_haze)
-from mixcl_arch.utils.image_io import check_pixels  # noqa: E402
-from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  # noqa: E402
-
 TOOL = 'make_haze_pairs'
 SPLITS = ('train', 'test')
+# the keys of mixcl_arch.utils.haze.DOMAIN_PRESETS, spelled out so that --help needs no torch (tests/test_polish.py
+# checks that they agree)
+DOMAINS = ('indoor', 'outdoor')
+PAIRED_GT = 'GT_paired'  # --basicsr-layout: one GT link per hazy image, under the hazy image's name
 
 META_COLUMNS = ('hazy', 'gt', 'domain', 'beta', 'A', 'depth_source')
 DEPTH_EXTENSIONS = ('.npy', '.png', '.pfm')
@@ -64,7 +70,7 @@ def parse_args(argv=None):
     p.add_argument('--output', help='dataset root; writes ROOT/{train,test}/{hazy,GT} + meta.csv')
     p.add_argument('--index-existing', metavar='SPLIT', default=None,
                    help='only write SPLIT/meta.csv for existing SPLIT/{hazy,GT} pairs (see above)')
-    p.add_argument('--domain', choices=sorted(DOMAIN_PRESETS), default=None,
+    p.add_argument('--domain', choices=DOMAINS, default=None,
                    help='domain of every image (or the fallback for images missing from --domain-csv)')
     p.add_argument('--domain-csv', default=None, help='CSV with a file column and a domain column')
     p.add_argument('--csv-file-col', default='file', help='file column of --domain-csv (default: file)')
@@ -92,6 +98,10 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--overwrite', action='store_true',
                    help='replace an earlier run in ROOT: its recorded files are deleted first (never anything else)')
+    p.add_argument('--basicsr-layout', action='store_true',
+                   help=f'also write SPLIT/{PAIRED_GT}/<hazy name>: the GT of each hazy image under its name (hard '
+                        'links, else copies), so that BasicSR\'s PairedImageDataset (filename_tmpl "{}") reads '
+                        f'dataroot_lq: SPLIT/hazy, dataroot_gt: SPLIT/{PAIRED_GT}')
     args = p.parse_args(argv)
     if args.index_existing is None and (args.input is None or args.output is None):
         p.error('--input and --output are required (unless --index-existing)')
@@ -101,7 +111,25 @@ def parse_args(argv=None):
         args.test_versions = args.versions
     if not 0.0 <= args.test_frac < 1.0:
         p.error('--test-frac must be in [0, 1)')
+    if args.basicsr_layout and args.hazy_ext != '.png':
+        p.error('--basicsr-layout needs --hazy-ext .png: BasicSR pairs file names with their extension, and the GT '
+                'is PNG')
     return args
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer here, before the imports below (torch and basicsr take seconds)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from mixcl_arch.utils.file_io import atomic_imwrite, atomic_open, atomic_write_text  # noqa: E402
+from mixcl_arch.utils.haze import (DOMAIN_PRESETS, IMG_EXTENSIONS, fill_invalid_depth, haze_depth,  # noqa: E402
+                                   image_rng, imread_rgb, load_depth_file, pseudo_depth, sample_haze_params,
+                                   synthesize_haze)
+from mixcl_arch.utils.image_io import check_pixels  # noqa: E402
+from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  # noqa: E402
 
 
 # suffix of the hazy names written here: _<version>_<A>_<beta> (see the module docstring)
@@ -196,6 +224,10 @@ def split_images(rels, args):
         n_test = args.test_count if args.test_count is not None else int(round(args.test_frac * len(rels)))
         if n_test < 0 or n_test >= len(rels):
             raise ValueError(f'Cannot hold out {n_test} of {len(rels)} images (train would be empty)')
+        if n_test == 0 and args.test_count is None and args.test_frac > 0:
+            print(f'Warning: --test-frac {args.test_frac} of {len(rels)} images rounds to 0: the test split is empty. '
+                  'Hold out images with --test-count N or --test-names NAME,... (or raise --test-frac).',
+                  file=sys.stderr, flush=True)
         order = np.random.default_rng(args.seed).permutation(len(rels))
         test = [rels[i] for i in sorted(order[:n_test])]
     test_set = set(test)
@@ -265,6 +297,70 @@ def write_meta(rows, path):
     atomic_write_text(buf.getvalue(), path)
 
 
+def check_basicsr_layout(pairs, where):
+    """Refuse pairs that BasicSR's 1:1 layout cannot hold, before anything is written (``--basicsr-layout``).
+
+    Args:
+        pairs (list[tuple[str, str]]): (hazy, GT) paths relative to their folders.
+        where (str): The hazy folder, for the message.
+
+    Raises:
+        ValueError: A hazy image lies in a subfolder (``paired_paths_from_folder`` lists only the top-level files of
+            ``dataroot_lq``), or a hazy image and its GT have different extensions (BasicSR pairs names with them).
+    """
+    nested = [h for h, _ in pairs if '/' in h]
+    if nested:
+        raise ValueError(f'--basicsr-layout: {len(nested)} hazy image(s) lie in subfolders of {where}, e.g. '
+                         f'{nested[:3]}; BasicSR\'s PairedImageDataset reads only the top-level files of a folder: '
+                         'flatten the input folder first (nothing was written).')
+    mixed = [(h, g) for h, g in pairs if osp.splitext(h)[1].lower() != osp.splitext(g)[1].lower()]
+    if mixed:
+        raise ValueError(f'--basicsr-layout: {len(mixed)} hazy image(s) in {where} have another extension than their '
+                         f'GT, e.g. {mixed[:3]}; BasicSR pairs file names with their extension (nothing was written).')
+
+
+def link_or_copy(src, dst):
+    """Make ``dst`` a hard link to ``src`` (a copy where the file system has none), replacing ``dst`` atomically.
+
+    Returns:
+        str: 'link' or 'copy'.
+    """
+    folder = osp.dirname(dst)
+    os.makedirs(folder, exist_ok=True)
+    # file_io's temporary-file name: a link left behind by a kill counts as a stale temporary file
+    tmp = osp.join(folder, f'.{osp.basename(dst)}.{secrets.token_hex(4)}.tmp')
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links on this file system (FAT, some network shares)
+        with open(src, 'rb') as f_src, atomic_open(dst) as f_dst:
+            shutil.copyfileobj(f_src, f_dst)
+        return 'copy'
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        os.remove(tmp)
+        raise
+    return 'link'
+
+
+def write_basicsr_layout(split_dir, gt_dir, rows, manifest):
+    """``--basicsr-layout``: SPLIT/GT_paired/<hazy name> = the GT of that hazy image, recorded in ``manifest``.
+
+    Several hazy versions share one GT, which BasicSR's ``PairedImageDataset`` (names paired 1:1) cannot read;
+    one GT name per hazy image can, with ``dataroot_lq: SPLIT/hazy``, ``dataroot_gt: SPLIT/GT_paired``.
+
+    Returns:
+        dict: The two dataroots and the numbers of hard links and copies written.
+    """
+    counts = {'link': 0, 'copy': 0}
+    for row in rows:
+        dst = osp.join(split_dir, PAIRED_GT, row['hazy'])
+        counts[link_or_copy(osp.join(gt_dir, row['gt']), dst)] += 1
+        manifest.record(dst)
+    return {'dataroot_lq': osp.join(split_dir, 'hazy'), 'dataroot_gt': osp.join(split_dir, PAIRED_GT),
+            'links': counts['link'], 'copies': counts['copy']}
+
+
 def index_existing(args):
     """Write SPLIT/meta.csv for existing SPLIT/{hazy,GT} pairs; returns the summary dict."""
     split = args.index_existing
@@ -294,8 +390,20 @@ def index_existing(args):
     meta = osp.join(split, 'meta.csv')
     if osp.exists(meta) and not args.overwrite:
         raise FileExistsError(f'{meta} exists: pass --overwrite to replace it')
+    manifest = None
+    if args.basicsr_layout:
+        check_basicsr_layout([(r['hazy'], r['gt']) for r in rows], hazy_dir)
+        manifest = OutputManifest(split, TOOL)
+        foreign = manifest.foreign_files(osp.join(split, PAIRED_GT))
+        if foreign:
+            raise FileExistsError(f'{len(foreign)} file(s) in {osp.join(split, PAIRED_GT)} were not written by '
+                                  f'make_haze_pairs.py (or changed since), e.g. {foreign[:3]}: move them away '
+                                  '(nothing was written).')
+        manifest.remove_recorded()  # links of hazy images that may be gone since
     write_meta(rows, meta)
     summary = {'meta': meta, 'pairs': len(rows), 'gt_images': len({r['gt'] for r in rows})}
+    if manifest is not None:
+        summary['basicsr_layout'] = write_basicsr_layout(split, gt_dir, rows, manifest)
     print(json.dumps(summary, indent=2))
     return summary
 
@@ -318,6 +426,8 @@ def main(argv=None):
     domains = resolve_domains(rels, args)
     depth_files = resolve_depth_files(rels, args)
     train, test = split_images(rels, args)
+    if args.basicsr_layout:
+        check_basicsr_layout([(rel, rel) for rel in rels], args.input)
     manifest = OutputManifest(args.output, TOOL)
     for split in SPLITS:
         meta = osp.join(args.output, split, 'meta.csv')
@@ -325,7 +435,7 @@ def main(argv=None):
             raise FileExistsError(f'{meta} exists: choose another --output or pass --overwrite')
     # a new split must not inherit files of the previous run (an old test image would stay beside train), and no
     # file of anyone else may be replaced or mixed into the dataset
-    foreign = [f for split in SPLITS for sub in ('hazy', 'GT')
+    foreign = [f for split in SPLITS for sub in ('hazy', 'GT', PAIRED_GT)
                for f in manifest.foreign_files(osp.join(args.output, split, sub))]
     foreign += [m for m in (osp.join(args.output, s, 'meta.csv') for s in SPLITS)
                 if osp.isfile(m) and not manifest.owns(m)]
@@ -351,6 +461,10 @@ def main(argv=None):
             'domains': {d: sum(1 for r in items if domains[r] == d) for d in sorted(set(domains.values()))},
             'depth_files': sum(1 for r in items if depth_files[r] is not None),
         }
+        if items and args.basicsr_layout:
+            split_dir = osp.join(args.output, split)
+            summary['splits'][split]['basicsr_layout'] = write_basicsr_layout(split_dir, osp.join(split_dir, 'GT'),
+                                                                              rows, manifest)
     summary['seconds'] = round(time.time() - t0, 2)
     print(json.dumps(summary, indent=2))
     return summary

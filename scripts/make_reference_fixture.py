@@ -31,16 +31,28 @@ import sys
 import tempfile
 import zlib
 
-import numpy as np
-import torch
-from torch import nn
-
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEFAULT_OUT = osp.join(ROOT, 'tests', 'data', 'reference_outputs.npz')
 UPSTREAM_FILE = 'models/MixDehazeNet.py'
 INPUT_SHAPE = (37, 45)  # odd sizes: both get upstream's reflect padding to a multiple of 4 (40 x 48)
 TEXT_DIM = 512
 SEED = 2024
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--mixdehazenet-repo', required=True, help='AmeryXiong/MixDehazeNet checkout or git dir')
+    p.add_argument('--mixcl-repo', required=True, help='DanielHo-BS/MixCLDehazeNet checkout or git dir')
+    p.add_argument('--out', default=DEFAULT_OUT, help='fixture file (.npz), default tests/data/reference_outputs.npz')
+    return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer here, before the imports below (torch takes seconds)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 
 def deterministic_uniform(numel, key, seed=SEED):
@@ -139,14 +151,6 @@ def run_upstream(module, image, text=None):
     if out.shape != x.shape or not torch.isfinite(out).all() or float(out.std()) < 1e-3:
         raise SystemExit(f'error: unexpected upstream output (shape {tuple(out.shape)}, std {float(out.std())}).')
     return out
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--mixdehazenet-repo', required=True, help='AmeryXiong/MixDehazeNet checkout or git dir')
-    p.add_argument('--mixcl-repo', required=True, help='DanielHo-BS/MixCLDehazeNet checkout or git dir')
-    p.add_argument('--out', default=DEFAULT_OUT, help='fixture file (.npz), default tests/data/reference_outputs.npz')
-    return p.parse_args(argv)
 
 
 def main(argv=None):

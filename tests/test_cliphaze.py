@@ -292,7 +292,7 @@ def test_density_map_of_any_resolution_is_resized_inside():
     net = CLIPHazeNet(**TINY)
     with torch.no_grad():
         for cam in (m for m in net.modules() if isinstance(m, CAM)):
-            cam.weight.weight.normal_()  # zero at init (CAM starts as the mean of the paths)
+            cam.to_weight.weight.normal_()  # zero at init (CAM starts as the mean of the paths)
     x = torch.rand(1, 3, 20, 24)
     _, emb = conditioning(batch=1)
     small, large = torch.full((1, 1, 3, 5), 0.3), torch.full((1, 1, 40, 48), 0.3)

@@ -81,6 +81,12 @@ def test_demo_script_end_to_end_short(tmp_path):
     assert metrics['images'] == 3 and len(os.listdir(out / 'dehazed')) >= 3
     for key in ('psnr_hazy', 'psnr_dehazed', 'ssim_hazy', 'ssim_dehazed'):
         assert np.isfinite(metrics['mean'][key])
+    mean = metrics['mean']
+    # the seeded held-out set is fixed: its hazy-input PSNR is the README's 14.28 dB whatever the iterations
+    assert abs(mean['psnr_hazy'] - 14.28) < 0.01, mean
+    # 3 iterations already beat the input in PSNR (measured 17.30 dB); SSIM needs more (0.28 vs 0.79 here, 0.81
+    # after 40 iterations), so it is not asserted
+    assert mean['psnr_dehazed'] > mean['psnr_hazy'] + 1, mean
     comp = cv2.imread(str(out / 'comparison.png'))
     hazy = cv2.imread(str(out / 'data' / 'test' / 'hazy' / metrics['per_image'][0]['hazy']))
     assert comp.shape[1] == 3 * hazy.shape[1] and comp.shape[0] >= 3 * hazy.shape[0]

@@ -5,6 +5,7 @@ the eager net on odd sizes, one of them below the 40 px MixDehazeNet pads to, wi
 example's (dynamic axes, not sizes baked in at trace time).
 """
 import importlib.util
+import json
 import os
 
 import pytest
@@ -51,7 +52,8 @@ def exported(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp('export'))
     out = {}
     for arch, opt in NETS.items():
-        argv = ['--weights', make_checkpoint(arch, folder), '--out-dir', folder, '--verify-sizes', '33x47']
+        # the script's own check is covered by test_script_verifies_both_files; here the tests below check
+        argv = ['--weights', make_checkpoint(arch, folder), '--out-dir', folder, '--verify-sizes']
         if opt is not None:
             opt_path = os.path.join(folder, f'{arch}.yml')
             with open(opt_path, 'w') as f:
@@ -83,7 +85,12 @@ def extra_inputs(net, batch, seed=1):
 @pytest.mark.parametrize('arch', list(NETS))
 def test_export_equals_eager_on_odd_and_small_sizes(exported, arch, backend):
     net, onnx_path, pt2_path = exported[arch]
-    run = OnnxRuntimeRunner(onnx_path).run if backend == 'onnxruntime' else load_pt2(pt2_path)[0].module()
+    if backend == 'onnxruntime':
+        run = OnnxRuntimeRunner(onnx_path).run
+    else:
+        program, meta = load_pt2(pt2_path)
+        assert meta == read_onnx_metadata(onnx_path)  # both files carry the same description
+        run = program.module()
     for i, (batch, h, w) in enumerate(SHAPES):
         x = torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(i))
         extra = extra_inputs(net, batch)
@@ -96,13 +103,11 @@ def test_export_equals_eager_on_odd_and_small_sizes(exported, arch, backend):
 
 def test_onnx_file_describes_its_inputs(exported):
     import onnx
-    _, onnx_path, pt2_path = exported['MixCLDehazeNet']
-    meta = read_onnx_metadata(onnx_path)
+    meta = read_onnx_metadata(exported['MixCLDehazeNet'][1])
     assert (meta['arch'], meta['inputs'], meta['output']) == ('MixCLDehazeNet', ['image', 'cond'], 'dehazed')
     assert (meta['num_cond'], meta['cond_dim'], meta['tile_align']) == (2, 128, 4)
     assert meta['network_g']['text_dim'] == 128
-    assert load_pt2(pt2_path)[1] == meta
-    graph = onnx.load(onnx_path).graph
+    graph = onnx.load(exported['MixCLDehazeNet'][1]).graph
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in list(graph.input) + list(graph.output)}
     assert dims == {'image': ['batch', 3, 'height', 'width'], 'cond': ['batch', 2, 128],
@@ -149,13 +154,46 @@ def test_unknown_arch_is_refused_by_name():
         export_spec(torch.nn.Linear(2, 2))
 
 
-def test_script_fails_when_outputs_differ(tmp_path, capsys):
-    # a tolerance no float computation meets makes the verification (and so the exit status) fail
+def test_script_verifies_both_files(tmp_path, capsys):
     weights = make_checkpoint('AODNet', str(tmp_path))
     opt = tmp_path / 'aod.yml'
     opt.write_text(yaml.safe_dump({'network_g': NETS['AODNet']}))
-    argv = ['--weights', weights, '--opt', str(opt), '--out-dir', str(tmp_path), '--formats', 'onnx', '--tolerance',
-            '-1']
-    assert export_script.main(argv) == 1
+    argv = ['--weights', weights, '--opt', str(opt), '--out-dir', str(tmp_path), '--name', 'aod', '--verify-sizes',
+            '33x47', '5']
+    assert export_script.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary['files'] == {'onnx': str(tmp_path / 'aod.onnx'), 'pt2': str(tmp_path / 'aod.pt2')}
+    assert set(summary['max_abs_diff']) == {'onnxruntime', 'torch.export'}
+    assert all(set(d) == {'33x47', '5x5'} and max(d.values()) <= 1e-4 for d in summary['max_abs_diff'].values())
+    # a tolerance no computation meets makes the check, and so the exit status, fail
+    assert export_script.main(argv + ['--formats', 'onnx', '--tolerance', '-1']) == 1
     assert 'differs from the eager net' in capsys.readouterr().err
-    assert os.path.isfile(tmp_path / 'AODNet.onnx') and not os.path.exists(tmp_path / 'AODNet.pt2')
+
+
+def test_cached_onnx_exports_once_per_weights(tmp_path, monkeypatch):
+    from mixcl_arch import export
+    from mixcl_arch.archs.aodnet_arch import AODNet
+    calls = []
+    program = export.export_program
+    monkeypatch.setattr(export, 'export_program', lambda net: calls.append(1) or program(net))
+    net = AODNet()
+    path, made = export.cached_onnx(net, {'type': 'AODNet'}, str(tmp_path))
+    assert made and os.path.isfile(path) and read_onnx_metadata(path)['arch'] == 'AODNet'
+    assert export.cached_onnx(net, {'type': 'AODNet'}, str(tmp_path)) == (path, False) and len(calls) == 1
+    with torch.no_grad():
+        net.conv1.bias.add_(0.1)  # other weights: another file
+    other, made = export.cached_onnx(net, {'type': 'AODNet'}, str(tmp_path))
+    assert made and other != path and len(calls) == 2
+    x = torch.rand(1, 3, 9, 11)
+    torch.testing.assert_close(OnnxRuntimeRunner(other).run(x), net(x).detach(), atol=1e-5, rtol=0)
+
+
+def test_exported_fusion_equals_eager_fusion_at_extreme_temperatures():
+    # the graph's text-chunked tilted mean must stay finite and exact where exp(alpha * t) overflows unshifted
+    from mixcl_arch.archs.mixdehazenet_arch import _tilted_mean_text_chunks, tilted_mean
+    g = torch.Generator().manual_seed(0)
+    alpha = torch.cat([torch.randn(2, 300, generator=g) * scale for scale in (1, 100, 1e4)], dim=1)
+    t = torch.nn.functional.normalize(torch.randn(2, 512, generator=g), dim=-1)
+    out = _tilted_mean_text_chunks(alpha, t)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, tilted_mean(alpha, t), atol=1e-6, rtol=1e-5)

@@ -1,6 +1,9 @@
 """Every MixDehazeNet / MixCLDehazeNet option file parses and builds its network, model and datasets.
 
-Datasets are built on tiny stand-in data: every ``dataroot_*`` is rewritten to a generated temp dataset.
+Datasets are built on tiny stand-in data: every ``dataroot_*`` is rewritten to a generated temp dataset. The YAML's
+own ``clip:`` section is used as is: it is checked by the CLIP prior up to the point where the weights are loaded,
+and each feature store is a tiny-CLIP store carrying the provenance an extraction with that section records, so the
+dataset's provenance check runs against the real options.
 """
 import copy
 import glob
@@ -13,20 +16,29 @@ import yaml
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.models import build_model
-from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from _train_helpers import ROOT, make_pair_dataset
+from mixcl_arch.utils.options import ordered_yaml
 
 OPTION_FILES = sorted(f for f in glob.glob(os.path.join(ROOT, 'options', '*', '*_Mix*.yml')) if 'demo' not in f)
 TRAIN_FILES = [f for f in OPTION_FILES if os.sep + 'train' + os.sep in f]
 TEST_FILES = [f for f in OPTION_FILES if os.sep + 'test' + os.sep in f]
 IDS = [os.path.relpath(f, ROOT) for f in OPTION_FILES]
+# the first line of every file says which kind it is (LEAN vs the reference recipe _ref, ...)
+KIND = re.compile(r'# (LEAN RECIPE|REFERENCE RECIPE \(_ref\)|ADAPTED RECIPE|FAST PATH|ABLATION|FOLDER|NO-REFERENCE)[ :]')
+LEAN_KINDS = ('LEAN RECIPE', 'FAST PATH', 'ABLATION')
 
 
 def load(path):
     with open(path) as f:
         return yaml.load(f, Loader=ordered_yaml()[0])
+
+
+def kind(path):
+    with open(path) as f:
+        m = KIND.match(f.readline())
+    return m.group(1) if m else None
 
 
 def to_plain(obj):
@@ -37,35 +49,94 @@ def to_plain(obj):
     return obj
 
 
-TINY_CLIP_OPT = {}
+class StandIn:
+    """Tiny data for the option files: pairs, meta CSVs with domain labels, the tiny CLIP and its feature stores."""
+
+    def __init__(self, root):
+        import csv
+        import importlib.util
+
+        from _clip_helpers import make_tiny_clip
+        self.root = root
+        make_pair_dataset(str(root), n_train=2, n_test=2, size=40)
+        self.clip_file = make_tiny_clip(root / 'tiny_clip.pt')
+        spec = importlib.util.spec_from_file_location('extract_clip_features',
+                                                      os.path.join(ROOT, 'scripts', 'extract_clip_features.py'))
+        self.extract = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.extract)
+        for split in ('train', 'test'):
+            names = sorted(os.listdir(root / split / 'hazy'))
+            with open(root / split / 'meta.csv', 'w', newline='') as f:
+                w = csv.writer(f)
+                w.writerow(['hazy', 'gt', 'domain'])
+                w.writerows([n, n, ('indoor', 'outdoor')[i % 2]] for i, n in enumerate(names))
+        self._stores = {}
+
+    def store(self, split, clip_opt=None, **tiny_kw):
+        """Feature store of ``split`` extracted by the tiny CLIP (``tiny_kw``: more tiny CLIP options).
+
+        With ``clip_opt`` (a YAML ``clip:`` section) the tiny CLIP uses its domains, templates and prompt sets, and
+        the store is re-labelled with the provenance an extraction with ``clip_opt`` records (model, tag, the tag's
+        QuickGELU): what ``scripts/extract_clip_features.py -opt <yaml>`` writes, with tiny features.
+        """
+        import open_clip
+
+        from _clip_helpers import tiny_clip_opt
+        from mixcl_arch.clip import CLIPPrior
+        from mixcl_arch.clip.store import FeatureStore
+        clip_opt = to_plain(clip_opt or {})
+        tiny = tiny_clip_opt(self.clip_file, **{k: clip_opt[k] for k in ('domains', 'templates', 'prompt_sets')
+                                                if k in clip_opt})
+        tiny.update(tiny_kw)
+        key = repr((split, sorted(tiny.items()), sorted(clip_opt.items())))
+        if key in self._stores:
+            return self._stores[key]
+        path = str(self.root / f'clip_{split}_{len(self._stores)}.pt')
+        self.extract.extract(CLIPPrior.from_opt(tiny), str(self.root / split / 'hazy'), path, num_workers=0,
+                             progress=False)
+        if clip_opt:
+            pre = str(clip_opt['pretrained'])
+            assert not os.path.isfile(pre), 'stand-in stores are made for open_clip tags only'
+            model = str(clip_opt['model']).replace('/', '-')
+            quick_gelu = clip_opt.get('quick_gelu')
+            if quick_gelu is None:  # what CLIPPrior records for a tag: open_clip's setting of that tag
+                quick_gelu = bool(open_clip.get_pretrained_cfg(model, pre).get('quick_gelu', False))
+            store = FeatureStore.load(path)
+            store.meta.update(model=model, pretrained=pre, pretrained_kind='tag', pretrained_sha256=None,
+                              model_cfg=None, quick_gelu=quick_gelu)
+            store.save(path)
+        self._stores[key] = path
+        return path
 
 
 @pytest.fixture(scope='module')
-def tiny_root(tmp_path_factory):
-    """Tiny pairs, a meta CSV with domain labels per split, and tiny-CLIP feature stores (clip_<split>.pt)."""
-    import csv
-    import importlib.util
+def standin(tmp_path_factory):
+    return StandIn(tmp_path_factory.mktemp('optdata'))
 
-    from _clip_helpers import make_tiny_clip, tiny_clip_opt
-    from mixcl_arch.clip import CLIPPrior
-    root = tmp_path_factory.mktemp('optdata')
-    make_pair_dataset(str(root), n_train=2, n_test=2, size=40)
-    clip_file = make_tiny_clip(root / 'tiny_clip.pt')
-    prior = CLIPPrior.from_opt(tiny_clip_opt(clip_file))
-    spec = importlib.util.spec_from_file_location('extract_clip_features',
-                                                  os.path.join(ROOT, 'scripts', 'extract_clip_features.py'))
-    extract = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(extract)
-    for split in ('train', 'test'):
-        names = sorted(os.listdir(root / split / 'hazy'))
-        with open(root / split / 'meta.csv', 'w', newline='') as f:
-            w = csv.writer(f)
-            w.writerow(['hazy', 'gt', 'domain'])
-            w.writerows([n, n, ('indoor', 'outdoor')[i % 2]] for i, n in enumerate(names))
-        extract.extract(prior, str(root / split / 'hazy'), str(root / f'clip_{split}.pt'), num_workers=0,
-                        progress=False)
-    TINY_CLIP_OPT.update(tiny_clip_opt(clip_file))
-    return root
+
+@pytest.fixture(scope='module')
+def resnet18_file(tmp_path_factory):
+    """Random ResNet-18 weights: the reference's CR loss (ResNet-152, 230 MB) built small for the option tests."""
+    import torchvision
+    path = tmp_path_factory.mktemp('resnet') / 'resnet18.pth'
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return str(path)
+
+
+class WeightsReached(Exception):
+    """Raised in place of resolving the CLIP weights: every check before them passed."""
+
+
+def build_prior_until_weights(clip_opt, monkeypatch):
+    """``CLIPPrior.from_opt(clip_opt)`` up to the weights: raises WeightsReached when all earlier checks pass."""
+    import mixcl_arch.clip.prior as prior_module
+
+    def stop(*args, **kwargs):
+        raise WeightsReached(args)
+
+    monkeypatch.setattr(prior_module, 'resolve_weights', stop)
+    prior_module.CLIPPrior.from_opt(to_plain(clip_opt))
 
 
 def test_expected_option_files_exist():
@@ -75,8 +146,10 @@ def test_expected_option_files_exist():
     for n in ('train_MixDehazeNet_S_RESIDE6K.yml', 'train_MixCLDehazeNet_S_ITS.yml', 'train_MixCLDehazeNet_S_OTS.yml',
               'train_MixCLDehazeNet_S_RESIDE6K_oracle.yml', 'test_MixCLDehazeNet_S_RESIDE6K.yml',
               'test_MixCLDehazeNet_S_SOTS_indoor.yml', 'test_MixCLDehazeNet_S_SOTS_outdoor.yml',
-              'test_MixCLDehazeNet_S_folder.yml'):
+              'test_MixCLDehazeNet_S_folder.yml', 'test_MixCLDehazeNet_S_RTTS.yml'):
         assert n in names
+    for d in ('OHAZE', 'IHAZE'):
+        assert {f'train_MixCLDehazeNet_S_{d}.yml', f'test_MixCLDehazeNet_S_{d}.yml'} <= names
 
 
 @pytest.mark.parametrize('path', OPTION_FILES, ids=IDS)
@@ -93,17 +166,21 @@ def test_option_file_is_well_formed(path):
                 assert ds[key].startswith('datasets/'), (key, ds[key])
     for metric in (opt.get('val') or {}).get('metrics') or {}:
         assert opt['val']['metrics'][metric]['type'] in METRIC_REGISTRY
+    assert kind(path), f'{path}: line 1 must say which kind of recipe the file is ({KIND.pattern})'
     if path in TRAIN_FILES:
         train = opt['train']
+        tr = opt['datasets']['train']
         assert set(opt['datasets']) == {'train', 'val'}
-        assert train['pixel_opt']['type'] == 'L1Loss' and 'cr_opt' not in train
-        assert '#   type: ContrastLossRes' in open(path).read() and 'ContrastLossRes' in LOSS_REGISTRY
         assert train['optim_g']['type'] == 'AdamW' and train['scheduler']['type'] == 'CosineAnnealingRestartLR'
         assert train['scheduler']['periods'] == [train['total_iter']]
-        tr = opt['datasets']['train']
-        assert tr['gt_size'] == 256 and tr['use_hflip'] is True
-        assert opt['val']['val_freq'] == 5000
-        assert set(opt['val']['metrics']) == {'psnr', 'ssim'}
+        assert tr['use_hflip'] is True and {'psnr', 'ssim'} <= set(opt['val']['metrics'])
+        if kind(path) in LEAN_KINDS:
+            assert train['pixel_opt']['type'] == 'L1Loss' and 'cr_opt' not in train
+            assert '#   type: ContrastLossRes' in open(path).read() and 'ContrastLossRes' in LOSS_REGISTRY
+            assert tr['gt_size'] == 256 and opt['val']['val_freq'] == 5000 and 'save_best' not in opt['val']
+        else:  # reference / adapted recipes: tests/test_reference_recipes.py checks their values
+            assert train['cr_opt']['type'] == 'ContrastLossRes' and train['amp'] == 'fp16'
+            assert opt['val']['save_best'] == 'psnr'
         m = re.fullmatch(r'.*_B(\d+)G1_(\d+)k', opt['name'])
         assert m and int(m.group(1)) == tr['batch_size_per_gpu'] and abs(int(m.group(2)) * 1000
                                                                          - train['total_iter']) < 1000
@@ -131,79 +208,156 @@ def _runtime_opt(opt, tmp_path, is_train):
     return opt
 
 
+@pytest.fixture(scope='module')
+def random_weights(tmp_path_factory):
+    """network_g options -> (file with its random weights, state dict), made once per distinct network."""
+    folder, made = tmp_path_factory.mktemp('weights'), {}
+
+    def get(net_opt):
+        key = repr(sorted(net_opt.items()))
+        if key not in made:
+            net = build_network(dict(net_opt))
+            assert net.data_range == 'unit' and sum(p.numel() for p in net.parameters()) > 1e5
+            path = folder / f'net{len(made)}.pth'
+            torch.save({'params': net.state_dict()}, path)
+            made[key] = (str(path), net.state_dict())
+        return made[key]
+    return get
+
+
 @pytest.mark.parametrize('path', OPTION_FILES, ids=IDS)
-def test_option_file_builds_network_and_model(path, tmp_path):
+def test_option_file_builds_network_and_model(path, tmp_path, resnet18_file, random_weights, monkeypatch):
+    from basicsr.losses import build_loss
     opt = load(path)
-    net = build_network(to_plain(opt['network_g']))
-    assert net.data_range == 'unit'
-    n_params = sum(p.numel() for p in net.parameters())
-    assert n_params > 1e5
+    weights, state = random_weights(to_plain(opt['network_g']))
     rt = _runtime_opt(opt, tmp_path, is_train=path in TRAIN_FILES)
     if path in TEST_FILES:
-        # the test YAML's checkpoint is produced by training; stand in with these random weights
-        weights = tmp_path / 'net.pth'
-        torch.save({'params': net.state_dict()}, weights)
-        rt['path']['pretrain_network_g'] = str(weights)
+        # the test YAML's checkpoint is produced by training; stand in with random weights
+        rt['path']['pretrain_network_g'] = weights
+    cr_opt = rt['train'].get('cr_opt') if path in TRAIN_FILES else None
+    if cr_opt:
+        # without the ResNet-152 file the run stops at model construction (CR loss), naming the file and the option
+        monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+        with pytest.raises(FileNotFoundError, match=r'resnet152-394f9c45\.pth.*resnet_path'):
+            build_loss(dict(cr_opt))
+        cr_opt.update(depth=18, resnet_path=resnet18_file)
     model = build_model(rt)
     assert type(model).__name__ == 'MixCLDehazeModel'
     assert model.num_cond == (0 if opt['network_g']['type'] == 'MixDehazeNet' else 1)
     if path in TEST_FILES:
-        assert all(torch.equal(v, net.state_dict()[k]) for k, v in model.net_g.state_dict().items())
+        assert all(torch.equal(v, state[k]) for k, v in model.net_g.state_dict().items())
     else:
-        assert type(model.optimizer_g).__name__ == 'AdamW' and model.cri_cr is None
+        assert type(model.optimizer_g).__name__ == 'AdamW'
         assert model.schedulers[0].periods == [opt['train']['total_iter']]
+        assert (type(model.cri_cr).__name__ == 'ContrastLossRes' and model.cri_cr.loss_weight == 0.1) if cr_opt \
+            else model.cri_cr is None
+        assert (model.scaler is not None) == (opt['train'].get('amp') == 'fp16')
 
 
-def _standin_dataset_opt(ds, tiny_root, phase):
+def _standin_dataset_opt(ds, root, phase):
     ds = copy.deepcopy(to_plain(ds))
     ds['phase'] = phase
     split = 'train' if phase == 'train' else 'test'
-    if ds.get('dataroot_gt'):
-        ds['dataroot_gt'] = str(tiny_root / split / 'GT')
-    if ds.get('dataroot_lq'):
-        ds['dataroot_lq'] = str(tiny_root / split / 'hazy')
+    for key, sub in (('dataroot_gt', 'GT'), ('dataroot_lq', 'hazy'), ('meta_file', 'meta.csv')):
+        if ds.get(key):
+            ds[key] = str(root / split / sub)
+    if ds.get('center_crop'):
+        ds['center_crop'] = 32
     if phase == 'train':
         ds.update(gt_size=32, num_worker_per_gpu=0, batch_size_per_gpu=2)
     return ds
 
 
+CLIP_FILES = [f for f in OPTION_FILES if load(f).get('clip')]
+
+
+@pytest.mark.parametrize('path', CLIP_FILES, ids=[os.path.relpath(f, ROOT) for f in CLIP_FILES])
+def test_clip_section_is_valid_up_to_the_weights(path, monkeypatch):
+    """The YAML's own ``clip:`` passes every CLIPPrior check before the weights (model, domains, templates, keys)."""
+    with pytest.raises(WeightsReached):
+        build_prior_until_weights(load(path)['clip'], monkeypatch)
+
+
+def test_a_template_without_placeholder_is_caught_before_the_weights(monkeypatch):
+    """The old oracle YAML's 'a photo of a train' (no {}) fails the template check, before any weights are needed."""
+    path = os.path.join(ROOT, 'options', 'train', 'train_MixCLDehazeNet_S_RESIDE6K_oracle.yml')
+    clip_opt = to_plain(load(path)['clip'])
+    with pytest.raises(WeightsReached):
+        build_prior_until_weights(clip_opt, monkeypatch)
+    clip_opt['templates'] = ['a photo of a train']
+    with pytest.raises(ValueError, match=r'exactly one "\{\}" placeholder'):
+        build_prior_until_weights(clip_opt, monkeypatch)
+
+
 @pytest.mark.parametrize('path', OPTION_FILES, ids=IDS)
-def test_option_file_builds_datasets_on_standin_data(path, tiny_root):
-    opt = load(path)
+def test_option_file_builds_datasets_on_standin_data(path, standin):
+    from mixcl_arch.utils.basicsr_fixes import propagate_clip_options
+    opt = propagate_clip_options(to_plain(load(path)))
     for phase_key, ds in opt['datasets'].items():
         assert ds['type'] in DATASET_REGISTRY, (
             f"{ds['type']} is not registered: mixcl_arch/data/clip_paired_image_dataset.py is needed by {path}")
-        ds_opt = _standin_dataset_opt(ds, tiny_root, phase_key.split('_')[0])
+        ds_opt = _standin_dataset_opt(ds, standin.root, phase_key.split('_')[0])
         split = 'train' if phase_key == 'train' else 'test'
         if ds_opt.get('feature_store'):
-            # same keys as the YAML, but a store made by scripts/extract_clip_features.py with a tiny CLIP; the
-            # provenance check runs against that tiny CLIP's options (the YAML's ViT-B-32 weights are not here)
-            ds_opt['feature_store'] = str(tiny_root / f'clip_{split}.pt')
-            ds_opt['clip'] = dict(TINY_CLIP_OPT)
-        if ds_opt.get('meta_file'):
-            ds_opt['meta_file'] = str(tiny_root / split / 'meta.csv')
+            # a store as extracted with the YAML's clip section, checked against that section by the dataset
+            ds_opt['feature_store'] = standin.store(split, opt['clip'])
+            assert ds_opt['clip']['templates'] == opt['clip']['templates']
         dataset = build_dataset(ds_opt)
         assert len(dataset) == 2
         item = dataset[0]
         assert item['lq'].shape[0] == 3 and ('gt' in item) == bool(ds_opt.get('dataroot_gt'))
-        if phase_key == 'train':
+        if phase_key == 'train' or ds_opt.get('center_crop'):
             assert item['lq'].shape[-2:] == (32, 32)
         if ds_opt.get('cond_source', 'store' if ds_opt.get('feature_store') else 'none') != 'none':
             assert item['cond'].shape == (opt['network_g'].get('num_cond', 1), 512)
             assert torch.isclose(item['text'].norm(), torch.tensor(1.0), atol=1e-3)
 
 
-def test_top_level_clip_reaches_dataset_provenance_check(tiny_root):
+def test_store_of_other_templates_is_rejected_for_the_yaml(standin):
+    """A store extracted with another (valid) prompt fails the provenance check of the YAML's clip section."""
+    from mixcl_arch.utils.basicsr_fixes import propagate_clip_options
+    path = os.path.join(ROOT, 'options', 'train', 'train_MixCLDehazeNet_S_RESIDE6K_ref.yml')
+    opt = propagate_clip_options(to_plain(load(path)))
+    ds_opt = _standin_dataset_opt(opt['datasets']['train'], standin.root, 'train')
+    ds_opt['feature_store'] = standin.store('train', dict(opt['clip'], templates=['a picture of a {}']))
+    with pytest.raises(ValueError, match=r"templates: store \['a picture of a \{\}'\], options \['a photo of a"):
+        build_dataset(ds_opt)
+
+
+def test_top_level_clip_reaches_dataset_provenance_check(standin):
     """The entry points copy ``clip:`` into each dataset, so a store made with another CLIP fails at construction."""
     from mixcl_arch.utils.basicsr_fixes import propagate_clip_options
     opt = to_plain(load(os.path.join(ROOT, 'options', 'train', 'train_MixCLDehazeNet_S_RESIDE6K.yml')))
     propagate_clip_options(opt)
     ds = opt['datasets']['train']
     assert ds['clip']['model'] == 'ViT-B-32' and 'cond_fallback' not in ds['clip']
-    ds_opt = _standin_dataset_opt(ds, tiny_root, 'train')
-    ds_opt['feature_store'] = str(tiny_root / 'clip_train.pt')
+    ds_opt = _standin_dataset_opt(ds, standin.root, 'train')
+    ds_opt['feature_store'] = standin.store('train')
     with pytest.raises(ValueError, match=r"does not match the CLIP options: model: store 'mixcl-tiny-clip'"):
         build_dataset(ds_opt)
+
+
+@pytest.mark.parametrize('store_quick_gelu, yaml_quick_gelu, rejected', [
+    (False, True, True),  # the issue's case: a store made without QuickGELU, a YAML with it
+    (True, None, True),  # the state-dict file without quick_gelu: true would give other features
+    (False, None, False),
+    (True, True, False),
+])
+def test_quick_gelu_is_part_of_the_store_provenance(standin, store_quick_gelu, yaml_quick_gelu, rejected):
+    from _clip_helpers import tiny_clip_opt
+    from mixcl_arch.clip.store import FeatureStore
+    store = standin.store('train', quick_gelu=store_quick_gelu)
+    assert FeatureStore.load(store).meta['quick_gelu'] is store_quick_gelu
+    clip_opt = tiny_clip_opt(standin.clip_file)  # a state-dict file: QuickGELU only when the option says so
+    if yaml_quick_gelu is not None:
+        clip_opt['quick_gelu'] = yaml_quick_gelu
+    ds_opt = dict(name='t', type='CLIPPairedImageDataset', phase='test', feature_store=store, clip=clip_opt,
+                  dataroot_lq=str(standin.root / 'train' / 'hazy'))
+    if rejected:
+        with pytest.raises(ValueError, match=rf'quick_gelu: store {store_quick_gelu}, options {bool(yaml_quick_gelu)}'):
+            build_dataset(ds_opt)
+    else:
+        assert len(build_dataset(ds_opt)) == 2
 
 
 DEMO_AND_BASELINE_FILES = sorted(f for f in glob.glob(os.path.join(ROOT, 'options', '*', '*.yml'))

@@ -413,7 +413,8 @@ def test_training_saves_safetensors_and_resume_finds_them(tmp_path):
     assert is_safetensors_file(saved) and not os.path.exists(saved[:-len('safetensors')] + 'pth')
     ckpt = load_checkpoint_file(saved)
     ema = model.net_g_ema.state_dict()
-    assert set(ckpt) == {'params', 'params_ema'} and all(torch.equal(ckpt['params_ema'][k], ema[k]) for k in ema)
+    assert set(ckpt) == {'params', 'params_ema', 'meta'}
+    assert all(torch.equal(ckpt['params_ema'][k], ema[k]) for k in ema)
     assert not all(torch.equal(ckpt['params'][k], ema[k]) for k in ema)
     # BasicSR's check_resume names net_g_1.pth; the resumed network is the .safetensors file
     resume = dict(opt, auto_resume=False, root_path=str(tmp_path))

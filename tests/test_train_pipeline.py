@@ -43,7 +43,7 @@ def test_training_writes_under_cwd_and_logs_validation_metrics(trained):
     assert glob.glob(str(work / 'tb_logger' / 'tiny_e2e' / 'events.out.tfevents.*'))
     assert glob.glob(str(exp / 'visualization' / '000' / '000_40.png'))
     ckpt = load_checkpoint_file(str(exp / 'models' / 'net_g_40.pth'))
-    assert set(ckpt) == {'params', 'params_ema'}
+    assert set(ckpt) == {'params', 'params_ema', 'meta'}  # meta: arch, data_range, network_g
     assert not any(k.startswith('module.') for k in ckpt['params'])
 
 
@@ -74,11 +74,11 @@ def test_normalize_argv_accepts_both_local_rank_spellings():
 
 
 def test_training_state_with_counter_loads_safely_and_latest_is_found(tmp_path):
-    from mixcl_arch.utils.checkpoint import atomic_torch_save
+    from mixcl_arch.utils.file_io import atomic_torch_save
     state_dir = tmp_path / 'experiments' / 'x' / 'training_states'
     for it in (5, 40, 7):
-        atomic_torch_save({'iter': it, 'schedulers': [{'milestones': collections.Counter([10, 20])}]},
-                          state_dir / f'{it}.state')
+        state = {'iter': it, 'optimizers': [], 'schedulers': [{'milestones': collections.Counter([10, 20])}]}
+        atomic_torch_save(state, state_dir / f'{it}.state')
     (state_dir / 'notes.txt').write_text('not a state')
     path = find_latest_state(str(tmp_path), 'x')
     assert path.endswith('40.state')

@@ -262,9 +262,9 @@ class CAM(nn.Module):
             nn.init.zeros_(self.film[-1].weight)
             nn.init.zeros_(self.film[-1].bias)
         self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-        self.weight = nn.Conv2d(dim, 1, 1)
-        nn.init.zeros_(self.weight.weight)
-        nn.init.zeros_(self.weight.bias)
+        self.to_weight = nn.Conv2d(dim, 1, 1)
+        nn.init.zeros_(self.to_weight.weight)
+        nn.init.zeros_(self.to_weight.bias)
 
     def forward(self, f_ssm, f_attn, density=None, embedding=None):
         """
@@ -283,7 +283,7 @@ class CAM(nn.Module):
         if self.use_embedding:
             scale, shift = self.film(embedding.to(hid.dtype))[:, :, None, None].chunk(2, dim=1)
             hid = hid * (1 + scale) + shift
-        w = torch.sigmoid(self.weight(F.gelu(self.dwconv(hid)))).permute(0, 2, 3, 1)  # (B, H, W, 1)
+        w = torch.sigmoid(self.to_weight(F.gelu(self.dwconv(hid)))).permute(0, 2, 3, 1)  # (B, H, W, 1)
         return f_attn + w * (f_ssm - f_attn)
 
 

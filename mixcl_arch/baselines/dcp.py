@@ -6,23 +6,31 @@ Vectorised torch on any device (CPU or CUDA), batched, no per-pixel Python loops
    (O(N log r), four elementwise minima per pass; out-of-image pixels are ignored);
 2. atmospheric light A: among the brightest ``top_ratio`` (0.1%) pixels of the dark channel, the one with the
    highest intensity (R+G+B) in the input, as in the paper (``atmo_mode='max'``); ``atmo_mode='mean'`` averages
-   those pixels instead, as many re-implementations do;
+   those pixels instead, as many re-implementations do; ``atmo_mode='channel_max_top'`` takes each channel's
+   maximum over them (the lab report's code; R, G and B may come from different pixels);
 3. transmission t = 1 - omega * dark(I / A), omega = 0.95;
-4. refinement with a guided filter (radius 60, eps 1e-4) whose guide is the grey input (BT.601 luma), using the
-   O(N) integral-image filter of :mod:`mixcl_arch.baselines.guided_filter`;
+4. refinement with a guided filter (radius 60, i.e. 121x121 windows clipped at the border, eps 1e-4) whose guide is
+   the grey input (BT.601 luma), using the O(N) integral-image filter of
+   :mod:`mixcl_arch.baselines.guided_filter`; ``gf_window: k`` uses kxk boxes with OpenCV's anchor instead and
+   ``gf_border: reflect101`` OpenCV's default border (the lab report: ``cv2.boxFilter`` with (60, 60));
 5. recovery J = (I - A) / max(t, t0) + A with t0 = 0.1, clamped to [0, 1];
-6. optional relative depth -log(max(t, t0)) (up to the unknown scattering coefficient beta).
+6. optional relative depth -log(max(t, t0)) (up to the unknown scattering coefficient beta), and the lab report's
+   maps as images (:func:`dcp_maps`).
+
+``DCP_PRESETS`` names whole option sets: ``paper`` (the defaults) and ``lab_report``.
 """
 import math
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mixcl_arch.baselines.common import check_image, grey, to_bool
-from mixcl_arch.baselines.guided_filter import guided_filter
+from mixcl_arch.baselines.guided_filter import BORDERS, guided_filter
 
-__all__ = ['DCP_DEFAULTS', 'dark_channel', 'min_filter', 'estimate_atmospheric_light', 'estimate_transmission',
-           'dcp_dehaze', 'DCPRestorer']
+__all__ = ['DCP_DEFAULTS', 'DCP_PRESETS', 'MAP_NAMES', 'dark_channel', 'min_filter', 'estimate_atmospheric_light',
+           'estimate_transmission', 'dcp_dehaze', 'dcp_maps', 'DCPRestorer']
 
 DCP_DEFAULTS = {
     'patch_radius': 7,
@@ -31,12 +39,22 @@ DCP_DEFAULTS = {
     'atmo_mode': 'max',
     'refine': True,
     'gf_radius': 60,
+    'gf_window': None,
+    'gf_border': 'clip',
     'gf_eps': 1e-4,
     't0': 0.1,
     'a_min': 1e-3,
     'clamp': True,
 }
-ATMO_MODES = ('max', 'mean')
+ATMO_MODES = ('max', 'mean', 'channel_max_top')
+# named option sets; explicit options override the preset's
+DCP_PRESETS = {
+    'paper': {},
+    # the lab report's Python DCP: A = per-channel max of the top 0.1% dark-channel pixels, guided filter through
+    # cv2.boxFilter(I, CV_64F, (60, 60)): 60x60 boxes (anchor 30: i-30 .. i+29), BORDER_REFLECT_101, eps 1e-4
+    'lab_report': {'atmo_mode': 'channel_max_top', 'gf_window': 60, 'gf_border': 'reflect101'},
+}
+MAP_NAMES = ('dark', 'transmission', 'depth')
 
 
 
@@ -93,7 +111,8 @@ def estimate_atmospheric_light(x, dark, top_ratio=0.001, mode='max'):
         x (Tensor): (B, 3, H, W) hazy image in [0, 1].
         dark (Tensor): (B, 1, H, W) its dark channel.
         top_ratio (float): Fraction of pixels kept (at least one pixel).
-        mode (str): 'max': the kept pixel with the highest R+G+B (the paper); 'mean': mean colour of the kept pixels.
+        mode (str): 'max': the kept pixel with the highest R+G+B (the paper); 'mean': mean colour of the kept pixels;
+            'channel_max_top': per-channel maximum over the kept pixels (the lab report).
 
     Returns:
         Tensor: (B, 3) atmospheric light per image.
@@ -106,6 +125,8 @@ def estimate_atmospheric_light(x, dark, top_ratio=0.001, mode='max'):
     pix = x.reshape(b, c, h * w).gather(2, idx[:, None, :].expand(b, c, k))  # (B, 3, k)
     if mode == 'mean':
         return pix.mean(dim=2)
+    if mode == 'channel_max_top':
+        return pix.amax(dim=2)
     best = pix.sum(dim=1).argmax(dim=1)  # (B,)
     return pix.gather(2, best[:, None, None].expand(b, c, 1))[..., 0]
 
@@ -128,7 +149,7 @@ def estimate_transmission(x, A, omega=0.95, radius=7, a_min=1e-3):
 
 
 def dcp_dehaze(x, patch_radius=7, omega=0.95, top_ratio=0.001, atmo_mode='max', refine=True, gf_radius=60,
-               gf_eps=1e-4, t0=0.1, a_min=1e-3, clamp=True, return_all=False):
+               gf_window=None, gf_border='clip', gf_eps=1e-4, t0=0.1, a_min=1e-3, clamp=True, return_all=False):
     """Dehaze with the dark channel prior.
 
     Args:
@@ -136,9 +157,12 @@ def dcp_dehaze(x, patch_radius=7, omega=0.95, top_ratio=0.001, atmo_mode='max', 
         patch_radius (int): Dark channel min filter radius (7 -> 15x15).
         omega (float): Transmission weight in (0, 1].
         top_ratio (float): Fraction of dark channel pixels used for A (0.001 = 0.1%).
-        atmo_mode (str): 'max' (paper) or 'mean', see :func:`estimate_atmospheric_light`.
+        atmo_mode (str): 'max' (paper), 'mean' or 'channel_max_top', see :func:`estimate_atmospheric_light`.
         refine (bool): Refine t with the guided filter.
-        gf_radius (int): Guided filter radius.
+        gf_radius (int): Guided filter radius: (2r+1)x(2r+1) windows.
+        gf_window (int | None): Guided filter box size k instead of ``gf_radius``: kxk boxes with OpenCV's anchor
+            k // 2 (pixel i sees i - k // 2 .. i + (k - 1) // 2), see :mod:`mixcl_arch.baselines.guided_filter`.
+        gf_border (str): Guided filter border: 'clip' (clipped windows) or 'reflect101' (as cv2.boxFilter).
         gf_eps (float): Guided filter regularisation.
         t0 (float): Lower bound on t in the recovery.
         a_min (float): Lower bound on A's channels when dividing by A.
@@ -157,7 +181,7 @@ def dcp_dehaze(x, patch_radius=7, omega=0.95, top_ratio=0.001, atmo_mode='max', 
     dark = dark_channel(x, patch_radius)
     A = estimate_atmospheric_light(x, dark, top_ratio, atmo_mode)
     t_raw = estimate_transmission(x, A, omega, patch_radius, a_min)
-    t = guided_filter(grey(x), t_raw, gf_radius, gf_eps).clamp(0.0, 1.0) if refine else t_raw
+    t = guided_filter(grey(x), t_raw, gf_radius, gf_eps, gf_window, gf_border).clamp(0.0, 1.0) if refine else t_raw
     a4 = A[:, :, None, None]
     t_div = t.clamp(min=float(t0))
     J = (x - a4) / t_div + a4
@@ -169,14 +193,45 @@ def dcp_dehaze(x, patch_radius=7, omega=0.95, top_ratio=0.001, atmo_mode='max', 
     return {'J': J, 'A': A, 'dark': dark, 't_raw': t_raw, 't': t, 'depth': -torch.log(t_div)}
 
 
+def dcp_maps(out, index=0):
+    """The lab report's per-image figures of the DCP intermediates, as images.
+
+    Args:
+        out (dict): :func:`dcp_dehaze` output with ``return_all=True`` (or :meth:`DCPRestorer.estimate`).
+        index (int): Which image of the batch.
+
+    Returns:
+        dict[str, np.ndarray]: (H, W, 3) float32 RGB in [0, 1] for each of :data:`MAP_NAMES`:
+
+        - 'dark': the dark channel of the input, grey;
+        - 'transmission': the refined transmission t (before the t0 bound), grey;
+        - 'depth': heat map of d = -0.1 * log(max(t, t0)) (the lab report's depth), min-max normalised over the image
+          to 0..255 (rounded) and coloured with OpenCV's COLORMAP_HOT (black = near, white = far); the 0.1 cancels
+          in the normalisation. A constant d maps to 0 (black).
+    """
+    def grey_rgb(t):
+        g = t[index, 0].detach().float().clamp(0, 1).cpu().numpy()
+        return np.repeat(g[..., None], 3, axis=2)
+
+    depth = (0.1 * out['depth'][index, 0]).detach().double().cpu().numpy()
+    span = depth.max() - depth.min()
+    norm = (depth - depth.min()) / span if span > 0 else np.zeros_like(depth)
+    heat_bgr = cv2.applyColorMap(np.round(norm * 255).astype(np.uint8), cv2.COLORMAP_HOT)
+    return {'dark': grey_rgb(out['dark']), 'transmission': grey_rgb(out['t']),
+            'depth': heat_bgr[..., ::-1].astype(np.float32) / 255.0}
+
+
 class DCPRestorer:
     """Restorer interface around :func:`dcp_dehaze` (see ``mixcl_arch.restorers``).
 
     Args:
         device (str | torch.device): Where to compute ('cpu', 'cuda', 'cuda:1', or 'auto' for CUDA when available).
             Inputs on another device are moved there and the result is moved back.
+        preset (str | None): A named option set of :data:`DCP_PRESETS` ('paper', 'lab_report'); ``params`` given
+            with it override its values.
         **params: Any of :data:`DCP_DEFAULTS` (patch_radius, omega, top_ratio, atmo_mode, refine, gf_radius,
-            gf_eps, t0, a_min, clamp). Strings such as '0.9' are accepted (CLI parsing).
+            gf_window, gf_border, gf_eps, t0, a_min, clamp). Strings such as '0.9' are accepted (CLI parsing);
+            ``gf_window`` 'none' (or None) means "use gf_radius".
 
     Raises:
         ValueError: Unknown or out-of-range parameters, or an unavailable CUDA device.
@@ -186,11 +241,15 @@ class DCPRestorer:
     num_params = 0
     net = None
 
-    def __init__(self, device='cpu', **params):
+    def __init__(self, device='cpu', preset=None, **params):
         unknown = sorted(set(params) - set(DCP_DEFAULTS))
         if unknown:
-            raise ValueError(f'Unknown DCP option(s) {unknown}; allowed: {sorted(DCP_DEFAULTS)}.')
+            raise ValueError(f'Unknown DCP option(s) {unknown}; allowed: {sorted(DCP_DEFAULTS)} and preset.')
+        if preset is not None and preset not in DCP_PRESETS:
+            raise ValueError(f'Unknown DCP preset {preset!r}; allowed: {sorted(DCP_PRESETS)}.')
+        self.preset = preset
         p = dict(DCP_DEFAULTS)
+        p.update(DCP_PRESETS.get(preset) or {})
         p.update(params)
         try:
             self.params = {
@@ -200,6 +259,8 @@ class DCPRestorer:
                 'atmo_mode': str(p['atmo_mode']),
                 'refine': to_bool(p['refine'], 'refine'),
                 'gf_radius': int(p['gf_radius']),
+                'gf_window': _optional_int(p['gf_window']),
+                'gf_border': str(p['gf_border']),
                 'gf_eps': float(p['gf_eps']),
                 't0': float(p['t0']),
                 'a_min': float(p['a_min']),
@@ -214,6 +275,8 @@ class DCPRestorer:
             (0.0 < q['top_ratio'] <= 1.0, 'top_ratio must be in (0, 1]'),
             (q['atmo_mode'] in ATMO_MODES, f'atmo_mode must be one of {ATMO_MODES}'),
             (q['gf_radius'] >= 0, 'gf_radius must be >= 0'),
+            (q['gf_window'] is None or q['gf_window'] >= 1, 'gf_window must be none or >= 1'),
+            (q['gf_border'] in BORDERS, f'gf_border must be one of {BORDERS}'),
             (q['gf_eps'] > 0.0, 'gf_eps must be > 0'),
             (0.0 < q['t0'] <= 1.0, 't0 must be in (0, 1]'),
             (q['a_min'] > 0.0, 'a_min must be > 0'),
@@ -248,5 +311,12 @@ class DCPRestorer:
         return dcp_dehaze(x.to(self.device), **self.params).to(x.device)
 
     def __repr__(self):
-        return f'DCPRestorer(device={self.device}, {self.params})'
+        return f'DCPRestorer(device={self.device}, preset={self.preset}, {self.params})'
+
+
+def _optional_int(v):
+    """An int option that may be None, or 'none' / '' from the command line."""
+    if v is None or (isinstance(v, str) and v.strip().lower() in ('', 'none', 'null')):
+        return None
+    return int(v)
 

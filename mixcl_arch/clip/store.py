@@ -7,7 +7,11 @@ One ``torch.save`` file (written atomically) holding a plain dict::
              prompt_sets, embed_dim, logit_scale, open_clip_version),
      'class_text': {'domain': (D, E), '<set>': (C, E)},   # normalised per-class text features
      'names': [N image names],                             # relative hazy path without extension, '/'-separated
-     'probs': (N, D), 'image_emb': (N, E), 'set_probs': {'<set>': (N, C)}}   # float32
+     'probs': (N, D), 'image_emb': (N, E), 'set_probs': {'<set>': (N, C)},   # float32
+     'spatial': {'<kind>': {'meta': provenance, 'maps': [N (1, h, w) float16]}}}  # optional, e.g. 'density'
+
+A spatial kind (CLIPHaze's haze-density map, :mod:`mixcl_arch.clip.cliphaze_cond`) holds one map per image at
+reduced resolution (its ``meta`` says how it was made, e.g. ``store_scale``); stores without one load as before.
 
 ``text_hard`` / ``text_soft`` of an image are not duplicated on disk: they are rebuilt exactly from its probabilities
 and the class text features (hard = row of the most probable class, soft = ``probs @ class_text``), the same
@@ -147,6 +151,8 @@ class FeatureStore:
         self._probs = torch.zeros(0, self.class_text[PRIMARY_SET].shape[0])
         self._image_emb = torch.zeros(0, self.embed_dim)
         self._set_probs = {k: torch.zeros(0, v.shape[0]) for k, v in self.class_text.items() if k != PRIMARY_SET}
+        self.spatial_meta = {}  # kind -> provenance of its maps
+        self._spatial = {}  # kind -> list of (1, h, w) float16 maps in row order
 
     # ------------------------------------------------------------------------------------------------ properties
     @property
@@ -182,24 +188,40 @@ class FeatureStore:
         """Empty store for the outputs of ``prior`` (a :class:`~mixcl_arch.clip.CLIPPrior`)."""
         return cls(prior.provenance(), prior.class_text)
 
-    def add(self, names, out):
+    def add_spatial_kind(self, kind, meta):
+        """Declare a spatial kind (one map per image, given to every :meth:`add`) on an empty store."""
+        if len(self) or self._chunks:
+            raise ValueError(f'Spatial kind {kind!r} can only be added to an empty feature store.')
+        self.spatial_meta[str(kind)] = dict(meta)
+        self._spatial[str(kind)] = []
+        return self
+
+    def add(self, names, out, spatial=None):
         """Append the prior outputs of a batch.
 
         Args:
             names (list[str]): Keys (see :func:`image_key`), none of them already in the store.
             out (dict): ``CLIPPrior`` output with 'probs' (B, D), 'image_emb' (B, E) and '<set>_probs'.
+            spatial (dict | None): kind -> list of B (1, h, w) maps, for every declared spatial kind (stored fp16).
 
         Raises:
-            ValueError: Row count mismatch or a name that is already stored.
+            ValueError: Row count mismatch, a name that is already stored, or missing / misshaped maps.
         """
         if len(names) != out['probs'].shape[0]:
             raise ValueError(f"{len(names)} names for {out['probs'].shape[0]} feature rows.")
+        spatial = dict(spatial or {})
+        bad = [k for k, m in spatial.items() if len(m) != len(names) or any(x.dim() != 3 or x.shape[0] != 1 for x in m)]
+        if set(spatial) != set(self._spatial) or bad:
+            raise ValueError(f'Spatial maps {sorted(spatial)} for {len(names)} names: every kind of '
+                             f'{sorted(self._spatial)} needs one (1, h, w) map per name.')
         dup = [n for n in names if n in self.index]
         if dup or len(set(names)) != len(names):
             raise ValueError(f'Names already in the feature store or repeated: {(dup or list(names))[:5]}')
         self._chunks.append({'names': list(names), 'probs': out['probs'].detach().float().cpu(),
                              'image_emb': out['image_emb'].detach().float().cpu(),
-                             'set_probs': {k: out[f'{k}_probs'].detach().float().cpu() for k in self._set_probs}})
+                             'set_probs': {k: out[f'{k}_probs'].detach().float().cpu() for k in self._set_probs},
+                             'spatial': {k: [x.detach().to('cpu', torch.float16) for x in m]
+                                         for k, m in spatial.items()}})
         for n in names:
             self.index[n] = -1  # final row assigned by _consolidate
         return self
@@ -212,6 +234,8 @@ class FeatureStore:
         self._probs = torch.cat([self._probs] + [c['probs'] for c in chunks])
         self._image_emb = torch.cat([self._image_emb] + [c['image_emb'] for c in chunks])
         self._set_probs = {k: torch.cat([v] + [c['set_probs'][k] for c in chunks]) for k, v in self._set_probs.items()}
+        for k, maps in self._spatial.items():
+            maps.extend(x for c in chunks for x in c['spatial'][k])
         self.index = {n: i for i, n in enumerate(self.names)}
 
     def state(self):
@@ -219,7 +243,8 @@ class FeatureStore:
         self._consolidate()
         return {'format': STORE_FORMAT, 'version': STORE_VERSION, 'meta': self.meta, 'class_text': self.class_text,
                 'names': list(self.names), 'probs': self._probs, 'image_emb': self._image_emb,
-                'set_probs': dict(self._set_probs)}
+                'set_probs': dict(self._set_probs),
+                'spatial': {k: {'meta': self.spatial_meta[k], 'maps': list(m)} for k, m in self._spatial.items()}}
 
     def save(self, path):
         """Write atomically (temporary file in the same folder, fsync, os.replace)."""
@@ -244,13 +269,17 @@ class FeatureStore:
             raise ValueError(f"{path}: feature store version {data.get('version')}, this code reads {STORE_VERSION}.")
         store = cls(data['meta'], data['class_text'])
         n = len(data['names'])
+        spatial = data.get('spatial') or {}  # stores written before spatial kinds existed have none
         sizes = [data['probs'].shape[0], data['image_emb'].shape[0]] + [v.shape[0] for v in data['set_probs'].values()]
+        sizes += [len(v['maps']) for v in spatial.values()]
         if any(s != n for s in sizes) or set(data['set_probs']) != set(store._set_probs):
             raise ValueError(f'{path}: inconsistent feature store ({n} names, rows {sizes}); re-extract it.')
         store.names = list(data['names'])
         store.index = {name: i for i, name in enumerate(store.names)}
         store._probs, store._image_emb = data['probs'].float(), data['image_emb'].float()
         store._set_probs = {k: v.float() for k, v in data['set_probs'].items()}
+        store.spatial_meta = {k: dict(v['meta']) for k, v in spatial.items()}
+        store._spatial = {k: list(v['maps']) for k, v in spatial.items()}
         store.path = path
         return store
 
@@ -286,6 +315,14 @@ class FeatureStore:
             out[f'{k}_probs'] = p
             out[f'{k}_text_hard'], out[f'{k}_text_soft'] = hard_soft(p, self.class_text[k])
         return out
+
+    def get_spatial(self, kind, row):
+        """(1, h, w) float32 map of spatial ``kind`` at store row ``row`` (KeyError names the kinds there are)."""
+        self._consolidate()
+        if kind not in self._spatial:
+            raise KeyError(f"Feature store {getattr(self, 'path', '')} has no {kind!r} maps (has: "
+                           f'{sorted(self._spatial)}); re-run scripts/extract_clip_features.py with --density.')
+        return self._spatial[kind][int(row)].float()
 
     def get(self, name):
         """Conditioning outputs of one image (as :meth:`get_rows`, without the batch dimension)."""

@@ -200,9 +200,10 @@ def standin_text_feature(domain, dim=512):
     return v / v.norm()
 
 
-def random_crop_pair(lq, gt, size, edge_decay=0.0, rng=None):
+def random_crop_pair(lq, gt, size, edge_decay=0.0, rng=None, return_offsets=False):
     """Paired random crop of ``size`` x ``size`` (DehazeFormer's edge re-weighting when ``edge_decay`` > 0: with
-    probability ``size / H * edge_decay`` the crop touches the top or bottom border, likewise for columns)."""
+    probability ``size / H * edge_decay`` the crop touches the top or bottom border, likewise for columns); with
+    ``return_offsets`` the crop's (top, left) follows the two crops (to cut maps stored at other resolutions)."""
     import random
     rng = rng or random
     h, w = lq.shape[:2]
@@ -213,7 +214,8 @@ def random_crop_pair(lq, gt, size, edge_decay=0.0, rng=None):
         return rng.randint(0, length - size)
 
     y, x = start(h), start(w)
-    return lq[y:y + size, x:x + size], (None if gt is None else gt[y:y + size, x:x + size])
+    crops = lq[y:y + size, x:x + size], (None if gt is None else gt[y:y + size, x:x + size])
+    return (*crops, (y, x)) if return_offsets else crops
 
 
 def augment_pair(imgs, hflip=True, vflip=False, rot=False, rng=None):

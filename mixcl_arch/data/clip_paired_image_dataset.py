@@ -10,6 +10,7 @@ from basicsr.utils import FileClient
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
+from mixcl_arch.clip.cliphaze_cond import CLIPHazeCondConfig, crop_density, density_mismatches
 from mixcl_arch.clip.conditioning import COND_MODES, PRIMARY_SET, parse_extra
 from mixcl_arch.clip.store import FeatureStore, image_key
 from mixcl_arch.utils.lmdb_tools import lmdb_env, read_meta_info
@@ -37,7 +38,11 @@ class CLIPPairedImageDataset(data.Dataset):
       by ``gt_name_rule`` / ``gt_name_regex`` by stem (the GT extension may differ).
 
     Batch keys: 'lq', 'gt' (3, H, W) float32 RGB in [0, 1], 'lq_path', 'gt_path' and, when ``cond_source`` is not
-    'none': 'text' (E,) primary vector, 'domain_prob' (D,), 'cond' (K, E) (primary vector then ``cond_extra``).
+    'none': 'text' (E,) primary vector, 'domain_prob' (D,), 'cond' (K, E) (primary vector then ``cond_extra``);
+    with ``cond_density``: 'density' (1, h, w) float32 in [0, 1], the store's low-resolution haze-density map cut to
+    the image crop and flipped / rotated with it (sample j centred on crop pixel (j + 0.5) * s - 0.5, s the store
+    scale, see :func:`mixcl_arch.clip.cliphaze_cond.crop_density`); with ``cond_embedding``: 'embedding' (E,), the
+    store's image embedding (CLIPHaze's conditioning inputs).
 
     Args:
         opt (dict): Options:
@@ -82,6 +87,13 @@ class CLIPPairedImageDataset(data.Dataset):
               clip.domains, else indoor/outdoor when the labels fit, else the sorted labels).
             - Oracle without a store: the vector of a domain is ``standin_text_feature(domain)``, a fixed unit vector
               seeded by crc32(domain name) (deterministic, NOT a CLIP feature).
+            - cond_density (bool, default False): add 'density' from the feature store's 'density' maps
+              (``scripts/extract_clip_features.py --density``). A train crop (``gt_size``) must be a multiple of the
+              store scale; a crop offset that is not is served by linear interpolation between stored blocks.
+            - cond_embedding (bool, default False): add 'embedding' (the store's image embedding).
+            - cliphaze_cond (dict | None): the options the maps were made with
+              (:class:`~mixcl_arch.clip.cliphaze_cond.CLIPHazeCondConfig`), checked against the store; None: not
+              checked.
     """
 
     def __init__(self, opt):
@@ -115,6 +127,8 @@ class CLIPPairedImageDataset(data.Dataset):
         if self.cond_source not in COND_SOURCES:
             raise ValueError(f'cond_source must be one of {COND_SOURCES}, got {self.cond_source!r}.')
         self.cond_dim = int(opt.get('cond_dim', 512))
+        self.cond_density = bool(opt.get('cond_density', False))
+        self.cond_embedding = bool(opt.get('cond_embedding', False))
 
         self._build_pairs()
         self._check_sizes()
@@ -280,27 +294,58 @@ class CLIPPairedImageDataset(data.Dataset):
         self.store = None
         self.rows = None
         self.oracle_idx = None
+        store_path = opt.get('feature_store')
+        if self.cond_density or self.cond_embedding:
+            self._setup_cliphaze(store_path)
         if self.cond_source == 'none':
             return
-        store_path = opt.get('feature_store')
         if self.cond_source == 'store' and not store_path:
             raise ValueError('cond_source: store needs feature_store (write it with scripts/extract_clip_features.py).')
         if self.cond_extra and not store_path:
             raise ValueError(f'cond_extra {self.cond_extra} needs a feature_store (image embeddings / prompt sets).')
         if store_path:
-            self.store = FeatureStore.load(store_path)
-            self.store.check(opt.get('clip'), embed_dim=self.cond_dim, path=store_path)
+            self._open_store(store_path)
             self.extra = parse_extra(self.cond_extra, self.cond_mode, set_names=self.store.prompt_set_names)
-            absent = [k for k in self.keys if k not in self.store]
-            if absent:
-                raise ValueError(f'{len(absent)} of {len(self.keys)} image(s) are missing from the feature store '
-                                 f'{store_path}: {first(absent)}. Re-run scripts/extract_clip_features.py on '
-                                 f'{self.lq_folder} (it skips images already done).')
-            self.rows = self.store.rows(self.keys)
         else:
             self.extra = []
         if self.cond_source == 'oracle':
             self._setup_oracle()
+
+    def _open_store(self, store_path):
+        """Load and check the feature store once; its rows for this dataset's images."""
+        if self.store is not None:
+            return
+        self.store = FeatureStore.load(store_path)
+        self.store.check(self.opt.get('clip'), embed_dim=self.cond_dim, path=store_path)
+        absent = [k for k in self.keys if k not in self.store]
+        if absent:
+            raise ValueError(f'{len(absent)} of {len(self.keys)} image(s) are missing from the feature store '
+                             f'{store_path}: {first(absent)}. Re-run scripts/extract_clip_features.py on '
+                             f'{self.lq_folder} (it skips images already done).')
+        self.rows = self.store.rows(self.keys)
+
+    def _setup_cliphaze(self, store_path):
+        """CLIPHaze's inputs (cond_density, cond_embedding) come from the store; check its density provenance."""
+        if not store_path:
+            raise ValueError('cond_density / cond_embedding need a feature_store (scripts/extract_clip_features.py '
+                             '--density).')
+        self._open_store(store_path)
+        if not self.cond_density:
+            return
+        meta = self.store.spatial_meta.get('density')
+        if meta is None:
+            raise ValueError(f'cond_density: the feature store {store_path} has no density maps; re-run '
+                             'scripts/extract_clip_features.py with --density.')
+        if self.opt.get('cliphaze_cond') is not None:
+            diffs = density_mismatches(meta, CLIPHazeCondConfig.from_opt(self.opt['cliphaze_cond']))
+            if diffs:
+                raise ValueError(f'Density maps of the feature store {store_path} do not match cliphaze_cond: '
+                                 + '; '.join(diffs) + '. Re-run scripts/extract_clip_features.py --density '
+                                 '--overwrite with these options.')
+        self.density_scale = int(meta['store_scale'])
+        if self.train and self.gt_size and int(self.gt_size) % self.density_scale:
+            raise ValueError(f'cond_density: gt_size {self.gt_size} must be a multiple of the density store scale '
+                             f'{self.density_scale}, so that the map covers the crop exactly (flips, rotations).')
 
     def _setup_oracle(self):
         opt = self.opt
@@ -379,11 +424,16 @@ class CLIPPairedImageDataset(data.Dataset):
                 raise ValueError(f'Size mismatch: {lq_name} {w}x{h} vs {gt_name} {wg}x{hg}.')
             y, x = (hg - h) // 2, (wg - w) // 2
             img_gt = img_gt[y:y + h, x:x + w]
+        # the stored low-resolution density map follows the image crop and augmentation, as (h, w, 1)
+        dens = self.store.get_spatial('density', self.rows[index]) if self.cond_density else None
         if self.train:
             if self.gt_size:
-                img_lq, img_gt = random_crop_pair(img_lq, img_gt, int(self.gt_size), self.edge_decay)
-            img_lq, img_gt = augment_pair([img_lq, img_gt], self.opt.get('use_hflip', True),
-                                          self.opt.get('use_vflip', False), self.opt.get('use_rot', False))
+                s = int(self.gt_size)
+                img_lq, img_gt, (y, x) = random_crop_pair(img_lq, img_gt, s, self.edge_decay, return_offsets=True)
+                dens = None if dens is None else crop_density(dens, y, x, s, s, self.density_scale)
+            dens = None if dens is None else dens.permute(1, 2, 0).numpy()
+            img_lq, img_gt, dens = augment_pair([img_lq, img_gt, dens], self.opt.get('use_hflip', True),
+                                                self.opt.get('use_vflip', False), self.opt.get('use_rot', False))
         elif self.center_crop:
             s = int(self.center_crop)
             h, w = img_lq.shape[:2]
@@ -392,11 +442,16 @@ class CLIPPairedImageDataset(data.Dataset):
             y, x = (h - s) // 2, (w - s) // 2
             img_lq = img_lq[y:y + s, x:x + s]
             img_gt = None if img_gt is None else img_gt[y:y + s, x:x + s]
+            dens = None if dens is None else crop_density(dens, y, x, s, s, self.density_scale)
         item = {'lq': _to_tensor(img_lq), 'lq_path': self._path(self.lq_folder, lq_name)}
         if img_gt is not None:
             item['gt'] = _to_tensor(img_gt)
             item['gt_path'] = self._path(self.gt_folder, gt_name)
         item.update(self.condition(index))
+        if dens is not None:
+            item['density'] = dens if torch.is_tensor(dens) else _to_tensor(dens)
+        if self.cond_embedding:
+            item['embedding'] = self.store.get_rows(self.rows[index:index + 1])['image_emb'][0].float().clone()
         return item
 
     def __len__(self):

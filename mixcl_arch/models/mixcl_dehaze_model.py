@@ -6,6 +6,10 @@ Differences from :class:`basicsr.models.sr_model.SRModel`, and only those:
   a batch without it (user images, a dataset without feature store) gets it online from a frozen CLIP prior built
   once from the YAML ``clip:`` section (a plain attribute: never in DDP, the optimizer or a checkpoint), or from
   ``clip.cond_fallback`` when the CLIP weights are missing. Unconditioned nets (MixDehazeNet, AODNet) get ``net(lq)``;
+- data range: the data pipeline delivers [0, 1] images and the model feeds every net in the range it declares
+  (``network_g.data_range``; a 'signed' net, the default of MixDehazeNet / MixCLDehazeNet, gets [-1, 1] and its
+  output is mapped back), so losses, metrics and saved images are right with or without the key;
+- ``val.tile`` (HAT's ``tile_size`` / ``tile_pad``): tiled validation and test, blended like the CLI;
 - losses: ``pixel_opt`` (L1) and ``perceptual_opt`` as SRModel, plus ``cr_opt`` (contrastive regularisation with the
   hazy input as negative, key ``l_cr``);
 - ``train.amp: bf16 | fp16 | ~`` (fp16 uses ``torch.amp.GradScaler``, whose state is saved in the training state),
@@ -13,12 +17,14 @@ Differences from :class:`basicsr.models.sr_model.SRModel`, and only those:
   ``train.compile_on_cpu: true``), ``train.ema_decay`` (SRModel's EMA; here BatchNorm buffers follow too and
   validation uses the EMA net), optimizers Adam / AdamW / any ``torch.optim`` class;
 - validation: metrics whose function has ``float_input = True`` (``calculate_psnr_dehaze``,
-  ``calculate_ssim_dehaze``) get the float [0, 1] tensors, BasicSR's metrics the uint8 images; datasets without GT
-  are handled (images only); images are written atomically;
+  ``calculate_ssim_dehaze``) get the float [0, 1] tensors, BasicSR's metrics the uint8 images; no-reference metrics
+  (``calculate_niqe``) also run on datasets without GT; images are written atomically; ``val.save_best: psnr`` keeps
+  ``net_g_best`` (the reference's best.pth); test runs write a per-image metrics CSV;
 - checkpoints: ``pretrain_network_g`` loads BasicSR, official MixDehazeNet and safetensors files without running code
   (:func:`mixcl_arch.utils.checkpoint.load_network_weights`; ``path.allow_unsafe_pickle: true`` opts in to legacy
   pickles), ``param_key_g`` is strict; ``path.save_format: pth | safetensors`` picks ``net_g_*.pth`` or
-  ``net_g_*.safetensors``; networks and training states are written atomically.
+  ``net_g_*.safetensors``; networks and training states are written atomically; network files record the arch,
+  its ``data_range`` and ``network_g`` (``meta``), so the CLI rebuilds the net without ``--opt``.
 """
 import csv
 import inspect
@@ -36,8 +42,11 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 from tqdm import tqdm
 
-from mixcl_arch.utils.checkpoint import SAVE_FORMATS, load_network_weights, save_weights_file
+from mixcl_arch.restorers import run_net
+from mixcl_arch.utils.checkpoint import SAVE_FORMATS, load_network_weights, network_meta, save_weights_file
 from mixcl_arch.utils.file_io import atomic_imwrite, atomic_torch_save, atomic_write_text
+from mixcl_arch.utils.options import OptionError, TileOptions
+from mixcl_arch.utils.tiling import hat_tile_args, net_tile_align, tiled_forward
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 COND_OPTION_KEYS = ('cond_fallback', 'feature_store', 'cond_mode', 'cond_extra')
@@ -81,6 +90,7 @@ class MixCLDehazeModel(SRModel):
         self.amp_dtype = AMP_DTYPES.get(amp)
         super().__init__(opt)
         self._check_cond_options()
+        self.tile_opt = self._tile_options()
 
     # ----------------------------------------------------------------------------------------------------- setup
     def _bare_net(self):
@@ -109,6 +119,16 @@ class MixCLDehazeModel(SRModel):
         mode = self._cond_setting('cond_mode')
         if mode is not None and mode not in ('hard', 'soft'):
             raise ValueError(f"clip.cond_mode must be 'hard' or 'soft', got {mode!r}.")
+
+    def _tile_options(self):
+        """``val.tile`` or HAT's top-level ``tile`` (not both) as :class:`TileOptions`; None when neither is set."""
+        val_tile = (self.opt.get('val') or {}).get('tile')
+        top_tile = self.opt.get('tile')
+        if val_tile is not None and top_tile is not None:
+            raise OptionError('tile and val.tile are both set; keep one (val.tile, or tile where HAT puts it).')
+        if val_tile is not None:
+            return TileOptions.from_dict('val.tile', val_tile)
+        return TileOptions.from_dict('tile', top_tile) if top_tile is not None else None
 
     def init_training_settings(self):
         """SRModel's settings (EMA, L1/perceptual, optimizer, scheduler) plus CR loss, AMP scaler and compile."""
@@ -141,6 +161,36 @@ class MixCLDehazeModel(SRModel):
         if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
             raise ValueError(f'train.optim_g.type: unknown optimizer {optim_type!r} (e.g. Adam, AdamW, SGD).')
         return cls(params, lr, **kwargs)
+
+    def setup_optimizers(self):
+        """SRModel's, with one log line for the frozen parameters instead of BasicSR's warning per tensor.
+
+        MixCLDehazeNet freezes 9 tensors per text fusion on purpose (see ``CLIPTextFusion``); BasicSR warned
+        "Params text_emb.* will not be optimized" for each, as if something were wrong.
+        """
+        from mixcl_arch.archs.mixdehazenet_arch import CLIPTextFusion
+        net = self._bare_net()
+        params = dict(net.named_parameters())
+        frozen = [name for name, p in params.items() if not p.requires_grad]
+        if frozen:
+            fusions = [name for name, m in net.named_modules() if isinstance(m, CLIPTextFusion)]
+            in_fusion = {k: f for f in fusions for k in frozen if k.startswith(f + '.')}
+            others = [k for k in frozen if k not in in_fusion]
+            parts = []
+            if in_fusion:
+                names = ', '.join(sorted({k[len(f) + 1:] for k, f in in_fusion.items()}))
+                parts.append(f'{names} of the text fusion(s) {", ".join(fusions)}, by design: the reference\'s '
+                             'text-update branch and k2.bias never reach the output, kept only so that official '
+                             'weights load strictly')
+            if others:
+                parts.append(f'{", ".join(others)} (requires_grad=False in network_g)')
+            numel = sum(params[k].numel() for k in frozen)
+            get_root_logger().info(f'Frozen, not optimized: {len(frozen)} parameter tensors ({numel} values): '
+                                   f'{"; ".join(parts)}.')
+        optim_type = self.opt['train']['optim_g'].pop('type')
+        self.optimizer_g = self.get_optimizer(optim_type, [p for p in params.values() if p.requires_grad],
+                                              **self.opt['train']['optim_g'])
+        self.optimizers.append(self.optimizer_g)
 
     def model_ema(self, decay=0.999):
         """EMA of the parameters (as BasicSR) and a copy of the buffers (BatchNorm running statistics).
@@ -206,7 +256,10 @@ class MixCLDehazeModel(SRModel):
         self.cond = cond.to(self.device, torch.float32)
 
     def _run(self, net, lq):
-        return net(lq) if self.num_cond == 0 else net(lq, self.cond)
+        """``net`` on [0, 1] images ``lq`` with the batch's conditioning -> [0, 1] output, whatever the net's
+        ``data_range`` (the data pipeline always delivers [0, 1]; :func:`mixcl_arch.restorers.run_net` converts)."""
+        data_range = getattr(self._bare_net(), 'data_range', 'unit')
+        return run_net(net, lq, self.cond if self.num_cond else None, data_range)
 
     # -------------------------------------------------------------------------------------------------- training
     def optimize_parameters(self, current_iter):
@@ -247,12 +300,23 @@ class MixCLDehazeModel(SRModel):
 
     # ------------------------------------------------------------------------------------------------ inference
     def test(self):
-        """Forward ``lq`` (and the conditioning) through net_g_ema when EMA is on, else the bare net_g (eval)."""
+        """Forward ``lq`` (and the conditioning) through net_g_ema when EMA is on, else the bare net_g (eval).
+
+        With ``val.tile`` (``tile_size``, ``tile_pad``; HAT's top-level ``tile`` works too) the image is processed as
+        tiles of ``tile_size`` with ``tile_pad`` pixels of context on every side, blended seamlessly on the net's grid
+        as the CLI does (:func:`mixcl_arch.utils.tiling.tiled_forward`); the conditioning, computed once from the
+        whole image, goes to every tile. Validation in training and test.py both come here.
+        """
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self._bare_net()
         was_training = net.training
         net.eval()
         with torch.no_grad():
-            self.output = self._run(net, self.lq)
+            if self.tile_opt is None:
+                self.output = self._run(net, self.lq)
+            else:
+                tile, overlap = hat_tile_args(self.tile_opt.tile_size, self.tile_opt.tile_pad)
+                self.output = tiled_forward(lambda t: self._run(net, t), self.lq, tile, overlap,
+                                            align=net_tile_align(net))
         if was_training:
             net.train()
 
@@ -395,7 +459,8 @@ class MixCLDehazeModel(SRModel):
         """BasicSR's ``net_{label}_{iter}.pth`` (``latest`` for -1), written atomically.
 
         With ``path.save_format: safetensors`` the file is ``net_{label}_{iter}.safetensors`` holding the same keys
-        (see :func:`mixcl_arch.utils.checkpoint.save_weights_file`).
+        (see :func:`mixcl_arch.utils.checkpoint.save_weights_file`). Both record what the weights are (arch,
+        ``data_range``, ``network_g``: :func:`mixcl_arch.utils.checkpoint.network_meta`), which the CLI uses.
         """
         if current_iter == -1:
             current_iter = 'latest'
@@ -412,7 +477,8 @@ class MixCLDehazeModel(SRModel):
             state = self.get_bare_model(net_).state_dict()
             save_dict[key] = OrderedDict(
                 (k[len('module.'):] if k.startswith('module.') else k, v.detach().cpu()) for k, v in state.items())
-        save_weights_file(save_dict, save_path, fmt)
+        meta = network_meta(self.opt['network_g'], self.get_bare_model(nets[0]))
+        save_weights_file(save_dict, save_path, fmt, meta=meta)
 
     @master_only
     def save_training_state(self, epoch, current_iter):

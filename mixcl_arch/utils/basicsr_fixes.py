@@ -29,6 +29,10 @@ that ``mixcl_arch/train.py`` and ``mixcl_arch/test.py`` go through. Each fix say
    archives an existing folder, so a second run with the same name fails instead of archiving a folder in use;
    and, for training, :func:`mixcl_arch.utils.file_io.remove_stale_temp_files` in ``models/`` and
    ``training_states/`` (leftovers of a save interrupted by a kill).
+7. Schedulers on resume (:func:`fix_scheduler_resume`): ``load_state_dict`` restored the saved ``periods``, so a run
+   resumed with a longer ``total_iter`` crashed in ``CosineAnnealingRestartLR``; the option file's schedule now
+   applies, and cosine ``periods`` that end before ``total_iter`` are an option error at start.
+8. ``MessageLogger`` ETA (:func:`fix_eta`): BasicSR's last ETA was negative (``-1 day, 23:59:59``).
 """
 import collections
 import os
@@ -273,8 +277,106 @@ def cuda_prefetcher_or_cpu(loader, opt):
     return CPUPrefetcher(loader)
 
 
+# The attributes of BasicSR's schedulers that the options set (fix 7); the rest of their state (``last_epoch``,
+# ``base_lrs``, ``_last_lr``, ...) is the position in the schedule.
+SCHEDULE_KEYS = {
+    'CosineAnnealingRestartLR': ('periods', 'restart_weights', 'eta_min', 'cumulative_period'),
+    'MultiStepRestartLR': ('milestones', 'gamma', 'restarts', 'restart_weights'),
+}
+
+
+def load_scheduler_position(self, state_dict):
+    """``load_state_dict`` of BasicSR's schedulers: the position comes from the state, the schedule from the options.
+
+    torch's ``load_state_dict`` restores every attribute, BasicSR's ``periods`` / ``cumulative_period`` included, so
+    a run resumed with a longer ``total_iter`` and ``periods`` kept the saved, shorter schedule, and past its end
+    ``CosineAnnealingRestartLR.get_lr`` crashed (``get_position_from_periods`` returns None: ``TypeError: list
+    indices must be integers or slices, not NoneType``). Fix 7.
+    """
+    from torch.optim.lr_scheduler import LRScheduler
+    schedule = next(SCHEDULE_KEYS[c.__name__] for c in type(self).__mro__ if c.__name__ in SCHEDULE_KEYS)
+    LRScheduler.load_state_dict(self, {k: v for k, v in state_dict.items() if k not in schedule})
+
+
+def _checked_setup_schedulers(setup_schedulers):
+    """Wrap ``BaseModel.setup_schedulers``: cosine ``periods`` that end before ``total_iter`` are an error (fix 7)."""
+
+    def wrapped(self):
+        setup_schedulers(self)
+        total_iter = self.opt['train']['total_iter']
+        for scheduler in self.schedulers:
+            end = getattr(scheduler, 'cumulative_period', [None])[-1]
+            # BasicSR steps the scheduler from iteration 2 on: iteration i runs at last_epoch = i - 1
+            if end is not None and total_iter - 1 > end:
+                raise OptionError(
+                    f'train.scheduler.periods: {list(scheduler.periods)} sum to {end}, so {type(scheduler).__name__} '
+                    f'has no learning rate after iteration {end + 1}, but train.total_iter is {total_iter}. Make the '
+                    f'periods sum to total_iter (e.g. periods: [{total_iter}]); to resume with a longer total_iter, '
+                    'extend periods too (the resumed run follows the periods of the option file).')
+
+    wrapped.__wrapped__ = setup_schedulers
+    return wrapped
+
+
+def fix_scheduler_resume():
+    """Install fix 7: resumed schedulers follow the option file's schedule, which must cover ``total_iter``."""
+    from basicsr.models import lr_scheduler
+    from basicsr.models.base_model import BaseModel
+    for name in SCHEDULE_KEYS:
+        getattr(lr_scheduler, name).load_state_dict = load_scheduler_position
+    if not hasattr(BaseModel.setup_schedulers, '__wrapped__'):
+        BaseModel.setup_schedulers = _checked_setup_schedulers(BaseModel.setup_schedulers)
+
+
+def log_training_message(self, log_vars):
+    """Drop-in replacement of BasicSR's ``MessageLogger.__call__`` with a correct ETA (fix 8).
+
+    BasicSR's ETA is ``elapsed / (iter - start_iter + 1) * (total_iter - iter - 1)``: one iteration left too few, so
+    the last message shows ``eta: -1 day, 23:59:59`` once an iteration takes a second or more, and one timed
+    iteration too many. Here ETA = mean time of the iterations since the timer started x iterations left (>= 0);
+    the message format and the TensorBoard scalars are BasicSR's.
+
+    Args:
+        log_vars (dict): ``epoch``, ``iter``, ``lrs`` (list[float]), optionally ``time`` and ``data_time`` (s), and
+            the losses (name -> float).
+    """
+    import datetime
+    import time
+
+    from basicsr.utils.dist_util import get_dist_info
+    if get_dist_info()[0] != 0:  # BasicSR's @master_only
+        return
+    epoch, current_iter, lrs = log_vars.pop('epoch'), log_vars.pop('iter'), log_vars.pop('lrs')
+    lr_text = ''.join(f'{v:.3e},' for v in lrs)
+    message = f'[{self.exp_name[:5]}..][epoch:{epoch:3d}, iter:{current_iter:8,d}, lr:({lr_text})] '
+    if 'time' in log_vars:
+        iter_time, data_time = log_vars.pop('time'), log_vars.pop('data_time')
+        timed = current_iter - self.start_iter
+        per_iter = (time.time() - self.start_time) / timed if timed > 0 else iter_time
+        eta = datetime.timedelta(seconds=int(per_iter * max(0, self.max_iters - current_iter)))
+        message += f'[eta: {eta}, time (data): {iter_time:.3f} ({data_time:.3f})] '
+    for k, v in log_vars.items():
+        message += f'{k}: {v:.4e} '
+        if self.use_tb_logger and 'debug' not in self.exp_name:
+            self.tb_logger.add_scalar(f'losses/{k}' if k.startswith('l_') else k, v, current_iter)
+    self.logger.info(message)
+
+
+def reset_eta_timer(self):
+    """Drop-in replacement of ``MessageLogger.reset_start_time``, which BasicSR calls after iteration 1 (fix 8)."""
+    import time
+    self.start_time = time.time()
+    self.start_iter = 1
+
+
+def fix_eta():
+    """Install fix 8 (see :func:`log_training_message`)."""
+    from basicsr.utils.logger import MessageLogger
+    MessageLogger.__call__, MessageLogger.reset_start_time = log_training_message, reset_eta_timer
+
+
 def apply_basicsr_fixes():
-    """Install fixes 1-6 (idempotent). Call before ``train_pipeline`` / ``test_pipeline``."""
+    """Install fixes 1-8 (idempotent). Call before ``train_pipeline`` / ``test_pipeline``."""
     global _APPLIED
     if _APPLIED:
         return
@@ -291,4 +393,6 @@ def apply_basicsr_fixes():
             module.parse_options = _checked_parse_options(module.parse_options)
     basicsr.utils.options.init_dist = init_dist
     BaseModel.model_to_device = model_to_device
+    fix_scheduler_resume()
+    fix_eta()
     _APPLIED = True

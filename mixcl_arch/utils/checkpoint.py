@@ -9,10 +9,17 @@ Formats understood:
   :func:`save_weights_file`, whose metadata ``mixcl_param_keys`` lists the keys (``params,params_ema``) and whose
   tensors are named ``<key>/<parameter name>``; it loads as the BasicSR dict.
 
+Files written by this project's training also record what the weights are (:func:`network_meta`): a ``meta`` entry
+``{'arch': 'MixCLDehazeNet', 'data_range': 'unit', 'network_g': {...}}`` beside ``params`` in ``.pth`` files, the
+same dict as JSON under the safetensors metadata key ``mixcl_meta`` (it loads back as ``ckpt['meta']``). Loading the
+weights ignores it (BasicSR's own ``load_network`` reads ``params`` only); :func:`read_checkpoint_meta` checks it and
+the CLI uses it to rebuild the network without ``--opt``. Files without it (official, BasicSR, older) load as before.
+
 Files are data, never code: ``.pth`` files are read with ``torch.load(weights_only=True)`` only. A legacy checkpoint
 that needs full unpickling (e.g. one holding an ``argparse.Namespace``) loads only with ``allow_unsafe_pickle=True``
 (``--allow-unsafe-pickle`` / ``path.allow_unsafe_pickle: true``), which warns: unpickling can run arbitrary code.
 """
+import json
 import os
 import re
 import warnings
@@ -20,6 +27,7 @@ from collections import OrderedDict
 
 import torch
 
+from mixcl_arch.archs.mixdehazenet_arch import DATA_RANGES
 from mixcl_arch.utils.file_io import atomic_torch_save, atomic_write_bytes
 
 # tried in this order when no key is asked for (param_key=None, "auto")
@@ -30,6 +38,8 @@ SAVE_FORMATS = ('pth', 'safetensors')
 OPT_IN_HINT = ('--allow-unsafe-pickle (CLI, convert_official_checkpoint.py), allow_unsafe_pickle=true (benchmark '
                'method parameter) or path.allow_unsafe_pickle: true (options YAML)')
 _SAFETENSORS_KEYS = 'mixcl_param_keys'
+_SAFETENSORS_META = 'mixcl_meta'
+META_KEY = 'meta'
 
 
 class CheckpointLoadError(ValueError):
@@ -63,6 +73,8 @@ def _load_safetensors(path):
     for key in meta[_SAFETENSORS_KEYS].split(','):
         prefix = key + '/'
         ckpt[key] = OrderedDict((n[len(prefix):], t) for n, t in tensors.items() if n.startswith(prefix))
+    if _SAFETENSORS_META in meta:
+        ckpt[META_KEY] = json.loads(meta[_SAFETENSORS_META])
     return ckpt
 
 
@@ -105,7 +117,7 @@ def load_checkpoint_file(path, allow_unsafe_pickle=False):
     return torch.load(path, map_location='cpu', weights_only=False)
 
 
-def save_weights_file(states, path, fmt='pth'):
+def save_weights_file(states, path, fmt='pth', meta=None):
     """Write networks' weights atomically as ``{param_key: state_dict}``.
 
     Args:
@@ -113,14 +125,18 @@ def save_weights_file(states, path, fmt='pth'):
         path (str): Destination.
         fmt (str): 'pth' (``torch.save``) or 'safetensors' (tensors named ``<param_key>/<name>``, the keys in the
             metadata ``mixcl_param_keys``; :func:`load_checkpoint_file` restores the dict).
+        meta (dict | None): What the weights are (:func:`network_meta`), stored as ``meta`` (pth) or as JSON in the
+            safetensors metadata ``mixcl_meta``; None stores nothing.
 
     Raises:
-        ValueError: Unknown ``fmt``, or a param key containing ',' or '/'.
+        ValueError: Unknown ``fmt``, or a param key containing ',' or '/' or named ``meta``.
     """
     if fmt not in SAVE_FORMATS:
         raise ValueError(f'save format must be one of {SAVE_FORMATS}, got {fmt!r}.')
+    if META_KEY in states:
+        raise ValueError(f'{path}: {META_KEY!r} is reserved for the checkpoint metadata, not a param key.')
     if fmt == 'pth':
-        atomic_torch_save(states, path)
+        atomic_torch_save(dict(states, **{META_KEY: meta}) if meta is not None else states, path)
         return
     from safetensors.torch import save
     bad = [k for k in states if ',' in k or '/' in k]
@@ -129,7 +145,48 @@ def save_weights_file(states, path, fmt='pth'):
     # safetensors stores contiguous tensors that share no memory: copy each one
     tensors = {f'{key}/{name}': t.detach().to('cpu', copy=True).contiguous()
                for key, state in states.items() for name, t in state.items()}
-    atomic_write_bytes(save(tensors, metadata={_SAFETENSORS_KEYS: ','.join(states), 'format': 'pt'}), path)
+    metadata = {_SAFETENSORS_KEYS: ','.join(states), 'format': 'pt'}
+    if meta is not None:
+        metadata[_SAFETENSORS_META] = json.dumps(meta)
+    atomic_write_bytes(save(tensors, metadata=metadata), path)
+
+
+def network_meta(net_opt, net):
+    """The ``meta`` record of a checkpoint of ``net``: arch type, data range and the full ``network_g``.
+
+    Args:
+        net_opt (dict): The ``network_g`` options ``net`` was built from (``type`` and its arguments).
+        net (nn.Module): The built network (a bare module); its ``data_range`` attribute, when it has one, is
+            recorded, so a ``network_g`` that left it to the arch's default still records the value in use.
+
+    Returns:
+        dict: ``{'arch': str, 'data_range': 'unit' | 'signed' | None, 'network_g': dict}`` of plain JSON values.
+    """
+    data_range = getattr(net, 'data_range', None)
+    network_g = json.loads(json.dumps(dict(net_opt)))  # plain dicts/lists, as torch's weights_only loader wants
+    if data_range is not None:
+        network_g['data_range'] = data_range
+    return {'arch': str(net_opt['type']), 'data_range': data_range, 'network_g': network_g}
+
+
+def read_checkpoint_meta(ckpt, path='<checkpoint>'):
+    """The checked ``meta`` record of a loaded checkpoint (see :func:`network_meta`); {} for a file without one.
+
+    Raises:
+        ValueError: A ``meta`` entry that is not such a record, naming the file, the key and the value.
+    """
+    meta = ckpt.get(META_KEY) if isinstance(ckpt, dict) else None
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise ValueError(f'{path}: {META_KEY!r} must be a mapping (arch, data_range, network_g), got {meta!r:.80}.')
+    if meta.get('data_range') not in (None, *DATA_RANGES):
+        raise ValueError(f'{path}: meta.data_range must be one of {DATA_RANGES}, got {meta["data_range"]!r}.')
+    network_g = meta.get('network_g')
+    if network_g is not None and not (isinstance(network_g, dict) and network_g.get('type') == meta.get('arch')):
+        raise ValueError(f'{path}: meta.network_g must be a mapping whose type is meta.arch '
+                         f'({meta.get("arch")!r}), got {network_g!r:.120}.')
+    return meta
 
 
 def saved_weights_path(path):
@@ -163,6 +220,8 @@ def extract_state_dict(ckpt, param_key=None, path='<checkpoint>'):
     """
     if not isinstance(ckpt, dict):
         raise ValueError(f'{path}: expected a dict checkpoint, got {type(ckpt).__name__}.')
+    if param_key == META_KEY:
+        raise ValueError(f'{path}: {META_KEY!r} holds the checkpoint metadata, not weights; ask for a weights key.')
     bare = bool(ckpt) and all(isinstance(v, torch.Tensor) for v in ckpt.values())
     if param_key is None:
         keys = [k for k in PARAM_KEYS if isinstance(ckpt.get(k), dict)]

@@ -255,8 +255,10 @@ class _Section:
         return cls(where, **{name: opt[name] for name in names if name in opt})
 
 
-def check_section(key, value, cls):
-    """``cls.from_dict(key, value)``: a nested section as a field check."""
+def check_section(key, value, cls, optional=False):
+    """``cls.from_dict(key, value)``: a nested section as a field check; None (``key: ~``) if optional."""
+    if value is None and optional:
+        return None
     return cls.from_dict(key, value)
 
 
@@ -329,13 +331,28 @@ class RecoveryTileOptions(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class TileOptions(_Section):
+    """``val.tile`` (or HAT's top-level ``tile``): tiled validation / test of MixCLDehazeModel; each ``tile_size``
+    tile is run with ``tile_pad`` pixels of context on every side (:func:`mixcl_arch.utils.tiling.hat_tile_args`)."""
+    tile_size: int = _opt(check_int, required=True, gt=0)
+    tile_pad: int = _opt(check_int, required=True, gt=0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.tile_pad >= self.tile_size:
+            raise OptionError(f'{self.where}.tile_pad: expected an integer < tile_size ({self.tile_size}), got '
+                              f'{self.tile_pad}.')
+
+
+@dataclasses.dataclass(frozen=True)
 class ValOptions(_Section):
-    """``val``: frequency (required when training), image saving, recovery tiling."""
+    """``val``: frequency (required when training), image saving, tiling, recovery tiling."""
     val_freq: int = _opt(check_int, ge=1)
     save_img: bool = _opt(check_bool)
     pbar: bool = _opt(check_bool)
     suffix: str = _opt(check_str, optional=True)
     recovery: RecoveryTileOptions = _opt(check_section, cls=RecoveryTileOptions)
+    tile: TileOptions = _opt(check_section, optional=True, cls=TileOptions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,6 +413,7 @@ class RunOptions(_Section):
     train: TrainOptions = _opt(check_section, cls=TrainOptions)
     val: ValOptions = _opt(check_section, cls=ValOptions)
     logger: LoggerOptions = _opt(check_section, cls=LoggerOptions)
+    tile: TileOptions = _opt(check_section, optional=True, cls=TileOptions)
 
     @classmethod
     def from_dict(cls, where, opt):

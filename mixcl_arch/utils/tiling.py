@@ -76,6 +76,22 @@ def _pad_to_multiple(x, align):
     return F.pad(x, (0, pw, 0, ph), mode)
 
 
+def net_tile_align(net, align=None):
+    """The pixel grid tiles of ``net`` stay on: ``align`` when given, else the net's ``tile_align`` or ``patch_size``
+    attribute (4 for MixDehazeNet, which down-samples twice by 2), else 1."""
+    return int(align or getattr(net, 'tile_align', None) or getattr(net, 'patch_size', 1) or 1)
+
+
+def hat_tile_args(tile_size, tile_pad):
+    """(tile, overlap) of :func:`tiled_forward` for HAT-style ``tile_size`` / ``tile_pad`` options.
+
+    HAT (Real-ESRGAN's tiler) cuts the image into ``tile_size`` squares and runs each with ``tile_pad`` pixels of
+    context on every side, so the net sees ``tile_size + 2 * tile_pad`` pixels and neighbouring inputs share
+    ``2 * tile_pad``. Here the same inputs are blended (see the module docstring) instead of cropped.
+    """
+    return int(tile_size) + 2 * int(tile_pad), 2 * int(tile_pad)
+
+
 def tiled_forward(fn, x, tile=512, overlap=32, out_channels=None, align=1):
     """Apply ``fn`` to overlapping tiles of ``x`` and blend the results without seams.
 

@@ -198,12 +198,13 @@ def _build(args):
                       feature_store=args.feature_store, tile=args.tile or None, tile_overlap=args.tile_overlap, amp=amp,
                       allow_unsafe_pickle=args.allow_unsafe_pickle)
     else:
-        kwargs = dict(kv.split('=', 1) for kv in args.param)
+        text = dict(kv.split('=', 1) for kv in args.param)  # parsed by the baseline's options dataclass
         if args.method == 'dehazenet':  # its transmission net tiles too; A and refinement use the whole image
-            kwargs.setdefault('tile', args.tile)
-            kwargs.setdefault('tile_overlap', args.tile_overlap)
+            text.setdefault('tile', str(args.tile))
+            text.setdefault('tile_overlap', str(args.tile_overlap))
             if args.allow_unsafe_pickle:
-                kwargs['allow_unsafe_pickle'] = True
+                text['allow_unsafe_pickle'] = 'true'
+        kwargs = {'param_text': text}
         if amp:
             print(f'note: --fp16/--bf16 only apply to --method net; ignored for {args.method}.', file=sys.stderr)
     with warnings.catch_warnings():  # main() prints the restorer's notes itself

@@ -15,6 +15,7 @@ ONNX needs ``pip install onnx onnxruntime onnxscript`` (the ``onnx`` extra); not
 """
 import dataclasses
 import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -27,6 +28,7 @@ from mixcl_arch.utils.file_io import atomic_write_bytes
 from mixcl_arch.utils.tiling import tiled_forward
 from mixcl_arch.version import __version__
 
+BACKENDS = ('torch', 'onnxruntime')
 IMAGE_INPUT = 'image'
 METADATA_KEY = 'mixcl_arch'  # ONNX metadata_props key / .pt2 extra file stem holding export_metadata() as JSON
 PT2_EXTRA_FILE = METADATA_KEY + '.json'
@@ -208,6 +210,29 @@ def read_onnx_metadata(path):
     if METADATA_KEY not in props:
         raise ValueError(f'{path}: no {METADATA_KEY!r} entry in metadata_props; export it with scripts/export.py.')
     return json.loads(props[METADATA_KEY])
+
+
+def resolve_backend(backend, device, amp=None):
+    """The inference backend to use: 'torch' or 'onnxruntime'.
+
+    Args:
+        backend (str): 'torch', 'onnxruntime' or 'auto' (ONNX Runtime on CPU in float32 when the ``onnx`` extra is
+            installed: measured about 2x faster there, ``scripts/benchmark_backends.py``; torch otherwise).
+        device (torch.device): Where the network runs.
+        amp (str | None): Requested autocast dtype; ONNX Runtime runs float32 only.
+
+    Raises:
+        ValueError: An unknown backend, or 'onnxruntime' with a CUDA device or autocast.
+    """
+    if backend not in BACKENDS + ('auto', ):
+        raise ValueError(f'backend must be one of {BACKENDS + ("auto", )}, got {backend!r}.')
+    if backend == 'auto':
+        installed = all(importlib.util.find_spec(m) for m in ('onnx', 'onnxruntime', 'onnxscript'))
+        return 'onnxruntime' if installed and torch.device(device).type == 'cpu' and not amp else 'torch'
+    if backend == 'onnxruntime' and (torch.device(device).type != 'cpu' or amp):
+        raise ValueError(f'backend onnxruntime runs on the CPU in float32; got device {device} and amp {amp}. Use '
+                         '--backend torch for CUDA or --fp16/--bf16.')
+    return backend
 
 
 def default_cache_dir():

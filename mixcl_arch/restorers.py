@@ -379,7 +379,7 @@ def _lazy_baseline(method):
     return cls
 
 
-def build_restorer(method, weights=None, opt=None, device='cpu', **kwargs):
+def build_restorer(method, weights=None, opt=None, device='cpu', param_text=None, **kwargs):
     """Build a restorer.
 
     Args:
@@ -387,7 +387,9 @@ def build_restorer(method, weights=None, opt=None, device='cpu', **kwargs):
         weights (str | None): Checkpoint for 'net' and 'dehazenet'.
         opt (dict | str | None): Options dict or YAML path ('net': ``network_g``, ``clip:``, ``path``).
         device (str | torch.device): 'cpu', 'cuda', 'cuda:1' or 'auto'.
-        **kwargs: For 'dcp' / 'dehazenet', passed to the baseline class. For 'net':
+        param_text (dict[str, str] | None): 'dcp' / 'dehazenet' options as ``KEY=VALUE`` text (the CLI's ``--param``,
+            a benchmark method spec), read by the baseline's ``from_strings``; instead of ``kwargs``.
+        **kwargs: For 'dcp' / 'dehazenet', typed options passed to the baseline class. For 'net':
 
             - ``param_key`` (str): weights key, default ``path.param_key_g``, else auto ('params_ema', then
               'params', then 'state_dict').
@@ -414,6 +416,12 @@ def build_restorer(method, weights=None, opt=None, device='cpu', **kwargs):
     if method not in METHODS:
         raise ValueError(f'Unknown method {method!r}; expected one of {METHODS}.')
     device = resolve_device(device)
+    if param_text:
+        if method not in LAZY_BASELINES or kwargs:
+            raise ValueError(f'param_text sets the options of dcp / dehazenet, alone; got method {method!r} and '
+                             f'{sorted(kwargs)}.')
+        extra = {'weights': weights} if method == 'dehazenet' else {}
+        return _lazy_baseline(method).from_strings(param_text, device=str(device), **extra)
     if method == 'hazy':
         if kwargs:
             raise ValueError(f"Method 'hazy' takes no options, got {sorted(kwargs)}.")

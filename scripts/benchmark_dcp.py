@@ -14,6 +14,7 @@ the reference with OpenCV on 1 thread and on its default threads, the ratios, an
     python scripts/benchmark_dcp.py --device cuda --sizes 1024x1024
 """
 import argparse
+import dataclasses
 import json
 import os.path as osp
 import platform
@@ -42,7 +43,7 @@ if REPO not in sys.path:
 import mixcl_arch  # noqa: E402,F401
 import torch  # noqa: E402
 
-from mixcl_arch.baselines.dcp import DCP_DEFAULTS, dcp_dehaze  # noqa: E402
+from mixcl_arch.baselines.dcp import DCPParams, dcp_dehaze  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -118,22 +119,22 @@ def median_ms(fn, repeats, warmup=2, sync=None):
 def bench_size(h, w, repeats, device):
     img = make_hazy(h, w)
     x = torch.from_numpy(img.transpose(2, 0, 1)).unsqueeze(0).contiguous()
-    params = {k: v for k, v in DCP_DEFAULTS.items()}
+    params = DCPParams()
     out = {'size': f'{w}x{h}', 'pixels': h * w}
     default_threads = torch.get_num_threads()
     cv_threads = cv2.getNumThreads()
     with torch.no_grad():
         torch.set_num_threads(1)
-        out['torch_cpu_1thread_ms'] = median_ms(lambda: dcp_dehaze(x, **params), repeats)
+        out['torch_cpu_1thread_ms'] = median_ms(lambda: dcp_dehaze(x, params), repeats)
         torch.set_num_threads(default_threads)
-        out['torch_cpu_default_threads_ms'] = median_ms(lambda: dcp_dehaze(x, **params), repeats)
+        out['torch_cpu_default_threads_ms'] = median_ms(lambda: dcp_dehaze(x, params), repeats)
         cv2.setNumThreads(1)
         out['reference_cv_1thread_ms'] = median_ms(lambda: dcp_reference(img), repeats)
         cv2.setNumThreads(cv_threads)
         out['reference_cv_default_threads_ms'] = median_ms(lambda: dcp_reference(img), repeats)
-        j_torch = dcp_dehaze(x, **params)[0].numpy().transpose(1, 2, 0)
+        j_torch = dcp_dehaze(x, params)[0].numpy().transpose(1, 2, 0)
         j_ref, a_ref = dcp_reference(img)
-        a_torch = dcp_dehaze(x, return_all=True, **params)['A'][0].numpy()
+        a_torch = dcp_dehaze(x, params, return_all=True)['A'][0].numpy()
         out['max_abs_diff_J'] = float(np.abs(j_torch - j_ref).max())
         out['mean_abs_diff_J'] = float(np.abs(j_torch - j_ref).mean())
         out['max_abs_diff_A'] = float(np.abs(a_torch - a_ref).max())
@@ -142,9 +143,9 @@ def bench_size(h, w, repeats, device):
                                                out['torch_cpu_default_threads_ms'])
         if device.type == 'cuda':
             xc = x.to(device)
-            out['torch_cuda_ms'] = median_ms(lambda: dcp_dehaze(xc, **params), repeats, warmup=3,
+            out['torch_cuda_ms'] = median_ms(lambda: dcp_dehaze(xc, params), repeats, warmup=3,
                                              sync=torch.cuda.synchronize)
-            out['max_abs_diff_J_cuda_vs_cpu'] = float((dcp_dehaze(xc, **params).cpu()[0] - torch.from_numpy(
+            out['max_abs_diff_J_cuda_vs_cpu'] = float((dcp_dehaze(xc, params).cpu()[0] - torch.from_numpy(
                 j_torch.transpose(2, 0, 1))).abs().max())
     return out
 
@@ -162,7 +163,7 @@ def main(argv=None):
             raise SystemExit(f'--sizes: bad size {s!r}, expected WxH like 1024x1024') from None
         sizes.append((h, w))
     result = {
-        'params': DCP_DEFAULTS,
+        'params': dataclasses.asdict(DCPParams()),
         'torch': torch.__version__, 'opencv': cv2.__version__, 'numpy': np.__version__,
         'cpu': platform.processor() or platform.machine(), 'torch_default_threads': torch.get_num_threads(),
         'opencv_default_threads': cv2.getNumThreads(),

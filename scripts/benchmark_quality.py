@@ -10,7 +10,8 @@ Data (``--data DIR``), either layout:
 
 Methods (``--method``, repeatable, and/or ``--methods-yaml``), each ``name=LABEL,method=net|dcp|dehazenet|hazy``
 plus ``weights=FILE``, ``opt=YAML`` and any option of :func:`mixcl_arch.restorers.build_restorer` /
-the baseline (e.g. ``method=dcp,omega=0.9``; values are parsed as YAML scalars). A methods YAML is a list (or
+the baseline (e.g. ``method=dcp,omega=0.9``: dcp / dehazenet read this text with their options' ``from_strings``,
+other methods' values are parsed as YAML scalars). A methods YAML is a list (or
 ``{methods: [...]}``) of mappings with the same keys, options either inline or under ``params``.
 
 Writes to ``--out``:
@@ -217,11 +218,15 @@ def _scan(folder):
 # methods
 # ---------------------------------------------------------------------------------------------------------------
 def parse_method_spec(spec):
-    """'name=DCP,method=dcp,omega=0.9' -> {'name': 'DCP', 'method': 'dcp', 'params': {'omega': 0.9}}.
+    """'name=DCP,method=dcp,omega=0.9' -> {'name': 'DCP', 'method': 'dcp', 'params': {'omega': '0.9'}, 'text': True}.
+
+    The options of dcp / dehazenet stay ``KEY=VALUE`` text, read by the baseline's options dataclass; those of the
+    other methods are parsed as YAML scalars.
 
     Raises:
         ValueError: A part without '=', or no method.
     """
+    from mixcl_arch.restorers import LAZY_BASELINES
     out = {'params': {}}
     for part in [p for p in spec.split(',') if p.strip()]:
         if '=' not in part:
@@ -230,12 +235,15 @@ def parse_method_spec(spec):
         if key in SPEC_KEYS:
             out[key] = value
         else:
-            out['params'][key] = safe_load(value) if value else None
-    return normalize_method(out, spec)
+            out['params'][key] = value
+    text = out.get('method') in LAZY_BASELINES
+    if not text:
+        out['params'] = {k: safe_load(v) if v else None for k, v in out['params'].items()}
+    return normalize_method(out, spec, text)
 
 
-def normalize_method(entry, where):
-    """Check a method mapping and fill its defaults (name = method)."""
+def normalize_method(entry, where, text=False):
+    """Check a method mapping and fill its defaults (name = method); ``text``: its params are ``KEY=VALUE`` text."""
     if not isinstance(entry, dict) or not entry.get('method'):
         raise ValueError(f'Method {where!r}: needs method=net|dcp|dehazenet|hazy.')
     from mixcl_arch.restorers import METHODS
@@ -254,7 +262,7 @@ def normalize_method(entry, where):
         raise ValueError(f"Method {name!r}: method={entry['method']} needs weights=FILE (or opt=YAML with "
                          'path.pretrain_network_g).')
     return {'name': name, 'method': entry['method'], 'weights': entry.get('weights'), 'opt': entry.get('opt'),
-            'params': params}
+            'params': params, 'text': text}
 
 
 def load_methods(args):
@@ -278,8 +286,9 @@ def load_methods(args):
 
 def build(method, device):
     from mixcl_arch.restorers import build_restorer
+    text = method['params'] if method['text'] else None
     return build_restorer(method['method'], weights=method['weights'], opt=method['opt'], device=device,
-                          **method['params'])
+                          param_text=text, **({} if method['text'] else method['params']))
 
 
 def model_cost(restorer, macs_size):

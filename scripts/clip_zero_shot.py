@@ -51,9 +51,6 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import mixcl_arch  # noqa: E402,F401  (before basicsr)
-from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  # noqa: E402
-
 TOOL = 'clip-zero-shot'
 PAPER_TEMPLATE = 'a photo of a {}.'  # the CLIP paper's default prompt
 REFERENCE_TEMPLATE = 'a photo of a {}'  # the reference clip_text.py (the project's domain step)
@@ -476,6 +473,13 @@ def parse_args(argv=None):
     if args.batch_size < 1 or args.num_workers < 0 or args.topk < 1:
         p.error('--batch-size and --topk must be >= 1 and --num-workers >= 0')
     return args
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer here, before the imports below (torch and basicsr take seconds)
+
+import mixcl_arch  # noqa: E402,F401  (before basicsr)
+from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  # noqa: E402
 
 
 def main(argv=None):

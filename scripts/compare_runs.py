@@ -40,9 +40,6 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import mixcl_arch  # noqa: E402,F401  (before basicsr)
-from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  # noqa: E402
-
 TOOL = 'compare-runs'
 IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 REFERENCE_COLUMNS = ('image', 'psnr', 'ssim')  # the reference test.py's headerless results.csv
@@ -221,6 +218,13 @@ def parse_args(argv=None):
     if args.threshold < 0 or args.show < 0:
         p.error('--threshold and --show must be >= 0')
     return args
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and usage errors answer here, before the imports below (torch and basicsr take seconds)
+
+import mixcl_arch  # noqa: E402,F401  (before basicsr)
+from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  # noqa: E402
 
 
 def main(argv=None):

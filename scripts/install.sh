@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install mixcl_arch and what it needs, skipping what is already there.
 # torch is never forced: if it is missing we install the offline-available build (override with TORCH_SPEC).
+#   bash scripts/install.sh      (PYTHON=python3: the interpreter; TORCH_SPEC: the torch build to install)
 set -euo pipefail
+case "${1:-}" in -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;; esac
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then

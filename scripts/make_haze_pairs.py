@@ -393,6 +393,7 @@ def index_existing(args):
     manifest = None
     if args.basicsr_layout:
         check_basicsr_layout([(r['hazy'], r['gt']) for r in rows], hazy_dir)
+        check_outputs_apart([osp.join(split, PAIRED_GT)], (hazy_dir, gt_dir), '--basicsr-layout folder')
         manifest = OutputManifest(split, TOOL)
         foreign = manifest.foreign_files(osp.join(split, PAIRED_GT))
         if foreign:

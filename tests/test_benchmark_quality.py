@@ -165,7 +165,7 @@ def test_bad_inputs(tmp_path):
         bq.PairedSet(data_root)
     with pytest.raises(FileNotFoundError, match='hazy/ and GT/'):
         bq.PairedSet(str(tmp_path))
-    with pytest.raises(ValueError, match='Unknown DCP option'):
+    with pytest.raises(ValueError, match=r"dcp: unknown key\(s\) \['radius'\]"):
         bq.main(['--data', data_root, '--meta', _write_meta(tmp_path), '--out', str(tmp_path / 'o'), '--quiet',
                  '--method', 'method=dcp,radius=3'])
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixcl_arch.baselines.dcp import DCPRestorer, dark_channel, dcp_dehaze, dcp_maps, estimate_atmospheric_light, \
-    min_filter
+from mixcl_arch.baselines.dcp import DCPParams, DCPRestorer, dark_channel, dcp_dehaze, dcp_maps, \
+    estimate_atmospheric_light, min_filter
 from mixcl_arch.baselines.guided_filter import box_mean, box_sum, guided_filter
 
 A_TRUE = torch.tensor([0.85, 0.9, 0.95])
@@ -64,17 +64,19 @@ def test_atmospheric_light_modes():
     dark[0, 0, 5, 5] = 0.8
     x[0, :, 2, 3] = torch.tensor([0.5, 0.5, 0.5])
     x[0, :, 5, 5] = torch.tensor([0.9, 0.8, 1.0])
-    # top 2% of 100 pixels = 2 pixels; 'max' keeps the brighter input pixel, 'mean' averages
-    A = estimate_atmospheric_light(x, dark, top_ratio=0.02, mode='max')
+    # top 2% of 100 pixels = 2 pixels; 'brightest' keeps the brighter input pixel, 'mean' averages
+    A = estimate_atmospheric_light(x, dark, top_ratio=0.02, mode='brightest')
     assert torch.allclose(A, torch.tensor([[0.9, 0.8, 1.0]]))
+    A = estimate_atmospheric_light(x, dark, top_ratio=0.02, mode='brightest_grey')  # its BT.601 luma, grey
+    assert torch.allclose(A, torch.full((1, 3), 0.299 * 0.9 + 0.587 * 0.8 + 0.114 * 1.0))
     A = estimate_atmospheric_light(x, dark, top_ratio=0.02, mode='mean')
     assert torch.allclose(A, torch.tensor([[0.7, 0.65, 0.75]]))
 
 
-@pytest.mark.parametrize('mode', ['max', 'mean'])
+@pytest.mark.parametrize('mode', ['brightest', 'mean'])
 def test_dcp_recovers_A_with_defaults(mode):
     hazy, _ = _synthetic()
-    out = dcp_dehaze(hazy, atmo_mode=mode, return_all=True)
+    out = dcp_dehaze(hazy, DCPParams(atmo_mode=mode), return_all=True)
     assert out['A'].shape == (1, 3)
     assert torch.allclose(out['A'][0], A_TRUE, atol=0.05)
     assert set(out) == {'J', 'A', 'dark', 't_raw', 't', 'depth'}
@@ -85,7 +87,7 @@ def test_dcp_recovers_A_with_defaults(mode):
 def test_dcp_exact_recovery_when_haze_fully_removed():
     # omega = 1 and no refinement: t_raw = t exactly off the sky, so J is recovered to float precision everywhere
     hazy, J = _synthetic()
-    out = dcp_dehaze(hazy, omega=1.0, refine=False, return_all=True)
+    out = dcp_dehaze(hazy, DCPParams(omega=1.0, refine=False), return_all=True)
     sky = torch.zeros(96, 96, dtype=torch.bool)
     sky[:24, 72:] = True
     inner_sky = torch.zeros_like(sky)
@@ -102,7 +104,7 @@ def test_dcp_defaults_recover_J_within_tolerance():
     # With omega 0.95 the estimate keeps 5% haze: t_hat = 1 - 0.95 (1 - t) = 0.62 instead of 0.6, an error of
     # |J - A| * (1 - t / t_hat) <= 0.032 per pixel; the guided filter (radius 60) adds smoothing near the sky.
     hazy, J = _synthetic()
-    err_raw = (dcp_dehaze(hazy, refine=False) - J).abs()
+    err_raw = (dcp_dehaze(hazy, DCPParams(refine=False)) - J).abs()
     assert err_raw.max() < 0.033  # the analytic bound, without refinement
     J_hat = dcp_dehaze(hazy)
     err = (J_hat - J).abs()
@@ -117,9 +119,9 @@ def test_restorer_interface_batch_and_dtype():
     hazy1, _ = _synthetic(seed=0)
     hazy2, _ = _synthetic(seed=3)
     batch = torch.cat([hazy1, hazy2])
-    r = DCPRestorer(gf_radius='20', omega='0.9', refine='true')
+    r = DCPRestorer.from_strings({'gf_radius': '20', 'omega': '0.9', 'refine': 'true'})
     assert r.name == 'dcp' and r.num_params == 0 and r.net is None
-    assert r.params['gf_radius'] == 20 and r.params['omega'] == 0.9
+    assert r.params == DCPParams(gf_radius=20, omega=0.9)
     out = r(batch)
     assert out.shape == batch.shape and out.dtype == torch.float32
     # batched result equals per-image results (A and t are estimated per image)
@@ -133,14 +135,14 @@ def test_restorer_interface_batch_and_dtype():
 
 
 def test_bad_options_and_inputs():
-    with pytest.raises(ValueError, match='Unknown DCP option'):
+    with pytest.raises(ValueError, match=r"dcp: unknown key\(s\) \['radius'\]; allowed: \[.*'patch_radius'"):
         DCPRestorer(radius=3)
-    with pytest.raises(ValueError, match='omega'):
+    with pytest.raises(ValueError, match='dcp.omega: expected a number > 0 and <= 1, got 1.5'):
         DCPRestorer(omega=1.5)
-    with pytest.raises(ValueError, match='atmo_mode'):
+    with pytest.raises(ValueError, match="dcp.atmo_mode: expected one of 'brightest', .*, got 'median'"):
         DCPRestorer(atmo_mode='median')
-    with pytest.raises(ValueError, match='boolean'):
-        DCPRestorer(refine='maybe')
+    with pytest.raises(ValueError, match="dcp.refine: expected true or false, got 'maybe'"):
+        DCPRestorer.from_strings({'refine': 'maybe'})
     with pytest.raises(ValueError, match=r'\(B, 3, H, W\)'):
         DCPRestorer()(torch.rand(1, 1, 8, 8))
     with pytest.raises(ValueError, match='float'):
@@ -209,9 +211,10 @@ def test_atmospheric_light_channel_max_top():
     x[0, :, 2, 3] = torch.tensor([0.5, 0.95, 0.2])  # R+G+B 1.65: the paper's pick
     x[0, :, 5, 5] = torch.tensor([0.9, 0.3, 0.4])
     x[0, :, 7, 7] = torch.tensor([1.0, 1.0, 1.0])  # brightest, but not among the top dark-channel pixels
-    A = estimate_atmospheric_light(x, dark, top_ratio=0.02, mode='channel_max_top')
+    A = estimate_atmospheric_light(x, dark, top_ratio=0.02, mode='channel_max')
     assert torch.equal(A, torch.tensor([[0.9, 0.95, 0.4]]))
-    assert torch.equal(estimate_atmospheric_light(x, dark, 0.02, 'max'), torch.tensor([[0.5, 0.95, 0.2]]))
+    assert torch.equal(estimate_atmospheric_light(x, dark, 0.02, 'channel_max_top'), A)  # the old spelling
+    assert torch.equal(estimate_atmospheric_light(x, dark, 0.02, 'brightest'), torch.tensor([[0.5, 0.95, 0.2]]))
 
 
 def _lab_report_dcp(img):
@@ -237,9 +240,8 @@ def test_lab_report_preset_matches_independent_implementation():
     extra = 0.3 * torch.rand(2, 80, 96, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     hazy = torch.cat([low[None], low + extra])[None]
     r = DCPRestorer(preset='lab_report')
-    assert (r.params['atmo_mode'], r.params['gf_window'], r.params['gf_border']) == ('channel_max_top', 60,
-                                                                                        'reflect101')
-    out = dcp_dehaze(hazy, return_all=True, **r.params)
+    assert (r.params.atmo_mode, r.params.gf_window, r.params.gf_border) == ('channel_max', 60, 'reflect101')
+    out = dcp_dehaze(hazy, r.params, return_all=True)
     J, A, t = _lab_report_dcp(hazy[0].permute(1, 2, 0).numpy())
     assert np.allclose(out['A'][0].numpy(), A, atol=1e-12)
     assert np.allclose(_np(out['t']), t, atol=1e-9)
@@ -249,21 +251,22 @@ def test_lab_report_preset_matches_independent_implementation():
 
 
 def test_preset_overrides_and_bad_values():
-    r = DCPRestorer(preset='lab_report', gf_window='30', atmo_mode='max')
-    assert (r.params['gf_window'], r.params['atmo_mode'], r.params['gf_border']) == (30, 'max', 'reflect101')
-    assert DCPRestorer(gf_window='none').params['gf_window'] is None
+    r = DCPRestorer(preset='lab_report', gf_window=30, atmo_mode='max')  # 'max': the old spelling of 'brightest'
+    assert (r.params.gf_window, r.params.atmo_mode, r.params.gf_border) == (30, 'brightest', 'reflect101')
+    assert DCPRestorer.from_strings({'preset': 'lab_report', 'gf_window': '30', 'atmo_mode': 'max'}).params == r.params
+    assert DCPRestorer.from_strings({'gf_window': 'none'}).params.gf_window is None
     assert DCPRestorer(preset='paper').params == DCPRestorer().params
-    with pytest.raises(ValueError, match='Unknown DCP preset'):
+    with pytest.raises(ValueError, match="dcp.preset: expected one of 'paper', 'lab_report', got 'lab'"):
         DCPRestorer(preset='lab')
-    with pytest.raises(ValueError, match='gf_window must be none or >= 1'):
+    with pytest.raises(ValueError, match='dcp.gf_window: expected an integer >= 1, got 0'):
         DCPRestorer(gf_window=0)
-    with pytest.raises(ValueError, match='gf_border must be one of'):
+    with pytest.raises(ValueError, match="dcp.gf_border: expected one of 'clip', 'reflect101', got 'wrap'"):
         DCPRestorer(gf_border='wrap')
 
 
 def test_dcp_maps_lab_report_rendering():
     hazy, _ = _synthetic(40, 48, seed=4)
-    out = dcp_dehaze(hazy, gf_radius=5, return_all=True)
+    out = dcp_dehaze(hazy, DCPParams(gf_radius=5), return_all=True)
     maps = dcp_maps(out)
     assert sorted(maps) == ['dark', 'depth', 'transmission']
     for img in maps.values():

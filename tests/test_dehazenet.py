@@ -16,7 +16,7 @@ from basicsr.archs import build_network
 from basicsr.data import build_dataset
 
 from mixcl_arch.archs.dehazenet_arch import BReLU, DehazeNet, Maxout
-from mixcl_arch.baselines.dehazenet import DehazeNetRestorer, dehazenet_recover, \
+from mixcl_arch.baselines.dehazenet import DehazeNetRecoveryParams, DehazeNetRestorer, dehazenet_recover, \
     estimate_atmospheric_light_from_t
 from mixcl_arch.restorers import build_restorer
 from mixcl_arch.utils.checkpoint import atomic_torch_save, load_network_weights
@@ -183,7 +183,7 @@ def _synthetic_scene(b=2, h=48, w=64, seed=0):
 
 def test_recovery_with_true_t_and_A_is_exact():
     J, t, A, hazy = _synthetic_scene()
-    rec = dehazenet_recover(hazy, t, A=A, refine=False, t0=0.01)
+    rec = dehazenet_recover(hazy, t, DehazeNetRecoveryParams(refine=False, t0=0.01), A=A)
     assert (rec - J).abs().max() < 1e-4  # stated tolerance: float32 round-off / t only (t >= 0.03 > t0)
 
 
@@ -192,7 +192,7 @@ def test_recovery_estimates_A_from_the_haziest_pixels():
     est = estimate_atmospheric_light_from_t(hazy, t, top_ratio=0.01)
     assert torch.allclose(est, A, atol=0.03)  # the haziest 1% have t < 0.05: I = A within 0.05 * |J - A|
     assert torch.all(est[:, 0] == est[:, 1])  # grey A
-    out = dehazenet_recover(hazy, t, refine=False, return_all=True)
+    out = dehazenet_recover(hazy, t, DehazeNetRecoveryParams(refine=False), return_all=True)
     assert torch.equal(out['A'], est)
     err = (out['J'] - J).abs()
     assert err[(t >= 0.3).expand_as(err)].mean() < 0.03  # away from the densest haze, where A's error is amplified
@@ -221,7 +221,8 @@ def _save_weights(path, seed=0, **net_opt):
 def test_restorer_interface_and_tiling(tmp_path):
     weights = tmp_path / 'dehazenet.pth'
     net = _save_weights(weights)
-    restorer = build_restorer('dehazenet', weights=str(weights), device='cpu', refine='false', a_normalize='false')
+    restorer = build_restorer('dehazenet', weights=str(weights), device='cpu',
+                              param_text={'refine': 'false', 'a_normalize': 'false'})
     assert restorer.name == 'dehazenet' and restorer.num_params == 8305 and restorer.net is not None
     x = torch.rand(2, 3, 37, 45)
     out = restorer(x)
@@ -229,7 +230,7 @@ def test_restorer_interface_and_tiling(tmp_path):
     with torch.no_grad():
         t = net.eval()(x)
     assert torch.allclose(restorer.estimate(x)['t_raw'], t, atol=1e-6)
-    assert torch.allclose(out, dehazenet_recover(x, t, refine=False), atol=1e-6)
+    assert torch.allclose(out, dehazenet_recover(x, t, DehazeNetRecoveryParams(refine=False)), atol=1e-6)
     # a_normalize (default): the net's second pass sees the input divided by the estimated A
     parts = DehazeNetRestorer(str(weights), refine=False).estimate(x)
     with torch.no_grad():
@@ -254,9 +255,9 @@ def test_restorer_errors(tmp_path):
         DehazeNetRestorer(str(tmp_path / 'nope.pth'))
     weights = tmp_path / 'w.pth'
     _save_weights(weights)
-    with pytest.raises(ValueError, match='Unknown DehazeNet option'):
+    with pytest.raises(ValueError, match=r"dehazenet: unknown key\(s\) \['omega'\]; allowed: .*'allow_unsafe_pickle'"):
         DehazeNetRestorer(str(weights), omega=0.9)
-    with pytest.raises(ValueError, match='t0'):
+    with pytest.raises(ValueError, match='dehazenet.t0: expected a number > 0 and < 1, got 0'):
         DehazeNetRestorer(str(weights), t0=0)
     other = tmp_path / 'other.pth'
     _save_weights(other, num_features=8)
@@ -334,8 +335,10 @@ def test_model_rejects_bad_options(tmp_path):
     model.feed_data({'lq': lq, 'gt': torch.rand(1, 3, 20, 24)})
     model.test()
     assert model.output.shape == (1, 3, 20, 24) and model.t_pred.shape == (1, 1, 20, 24)
-    with pytest.raises(ValueError, match='unknown key'):
+    with pytest.raises(ValueError, match=r"val.recovery: unknown key\(s\) \['omega'\]"):
         build_model(dict(base, val=dict(recovery=dict(omega=0.9))))
+    with pytest.raises(ValueError, match="val.recovery.gf_eps: expected a number > 0, got '0.001' \\(str\\)"):
+        build_model(dict(base, val=dict(recovery=dict(gf_eps='0.001'))))  # text where YAML must give a number
     with pytest.raises(ValueError, match='transmission net'):
         build_model(dict(base, network_g=dict(type='AODNet')))
 
@@ -343,14 +346,14 @@ def test_model_rejects_bad_options(tmp_path):
 @pytest.mark.parametrize('name', ['train_DehazeNet_demo', 'train_DehazeNet_RESIDE6K', 'test_DehazeNet_demo',
                                   'test_DehazeNet_RESIDE6K'])
 def test_option_files_build(name, tmp_path):
-    from mixcl_arch.baselines.dehazenet import check_recovery_params
     folder = 'train' if name.startswith('train') else 'test'
     with open(os.path.join(ROOT, 'options', folder, f'{name}.yml'), encoding='utf-8') as f:
         opt = yaml.safe_load(f)
     assert opt['model_type'] == 'DehazeNetModel'
     net = build_network(dict(opt['network_g']))
     assert sum(p.numel() for p in net.parameters()) == 8305
-    assert set(check_recovery_params(opt['val']['recovery'])) == set(opt['val']['recovery'])
+    # the shipped recovery keys are the defaults, written out (atmo_mode 'grey' is the old 'brightest_grey')
+    assert DehazeNetRecoveryParams.from_mapping(opt['val']['recovery'], 'val.recovery') == DehazeNetRecoveryParams()
     if folder == 'train':
         train = dict(opt['datasets']['train'], dataroot_gt=_clean_folder(str(tmp_path / 'clean')), phase='train')
         assert train['type'] == 'TransmissionPatchDataset'

@@ -197,3 +197,18 @@ def test_exported_fusion_equals_eager_fusion_at_extreme_temperatures():
     out = _tilted_mean_text_chunks(alpha, t)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, tilted_mean(alpha, t), atol=1e-6, rtol=1e-5)
+
+
+def test_backend_auto_picks_onnxruntime_only_for_float32_cpu(monkeypatch):
+    from mixcl_arch import export
+    assert export.resolve_backend('auto', torch.device('cpu')) == 'onnxruntime'
+    assert export.resolve_backend('auto', torch.device('cpu'), amp='bf16') == 'torch'
+    assert export.resolve_backend('auto', torch.device('cuda')) == 'torch'
+    assert export.resolve_backend('torch', torch.device('cpu')) == 'torch'
+    with pytest.raises(ValueError, match='runs on the CPU in float32'):
+        export.resolve_backend('onnxruntime', torch.device('cuda'))
+    with pytest.raises(ValueError, match="got 'tensorrt'"):
+        export.resolve_backend('tensorrt', torch.device('cpu'))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name: None if name == 'onnxruntime' else find_spec(name))
+    assert export.resolve_backend('auto', torch.device('cpu')) == 'torch'  # the onnx extra is not installed

@@ -12,27 +12,22 @@ import re
 
 import pytest
 import torch
-import yaml
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 from basicsr.utils.registry import DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from _train_helpers import ROOT, make_pair_dataset
-from mixcl_arch.utils.options import ordered_yaml
+from mixcl_arch.utils.options import load_yaml_file
 
 OPTION_FILES = sorted(f for f in glob.glob(os.path.join(ROOT, 'options', '*', '*_Mix*.yml')) if 'demo' not in f)
 TRAIN_FILES = [f for f in OPTION_FILES if os.sep + 'train' + os.sep in f]
 TEST_FILES = [f for f in OPTION_FILES if os.sep + 'test' + os.sep in f]
 IDS = [os.path.relpath(f, ROOT) for f in OPTION_FILES]
 # the first line of every file says which kind it is (LEAN vs the reference recipe _ref, ...)
-KIND = re.compile(r'# (LEAN RECIPE|REFERENCE RECIPE \(_ref\)|ADAPTED RECIPE|FAST PATH|ABLATION|FOLDER|NO-REFERENCE)[ :]')
+KIND = re.compile(r'# (LEAN RECIPE|REFERENCE RECIPE \(_ref\)|ADAPTED RECIPE|FAST PATH|ABLATION|FOLDER|'
+                  r'NO-REFERENCE)[ :]')
 LEAN_KINDS = ('LEAN RECIPE', 'FAST PATH', 'ABLATION')
-
-
-def load(path):
-    with open(path) as f:
-        return yaml.load(f, Loader=ordered_yaml()[0])
 
 
 def kind(path):
@@ -154,7 +149,7 @@ def test_expected_option_files_exist():
 
 @pytest.mark.parametrize('path', OPTION_FILES, ids=IDS)
 def test_option_file_is_well_formed(path):
-    opt = load(path)
+    opt = load_yaml_file(path)
     assert opt['model_type'] in MODEL_REGISTRY
     assert re.fullmatch(r'[A-Za-z0-9_]+', opt['name'])
     assert opt['network_g']['data_range'] == 'unit'
@@ -190,7 +185,7 @@ def test_reside6k_reference_recipe():
     for path in TRAIN_FILES:
         if 'RESIDE6K' not in path:
             continue
-        opt = load(path)
+        opt = load_yaml_file(path)
         tr, train = opt['datasets']['train'], opt['train']
         assert tr['batch_size_per_gpu'] == 16 and tr['use_rot'] is False
         assert train['optim_g']['lr'] == pytest.approx(1e-4)
@@ -228,7 +223,7 @@ def random_weights(tmp_path_factory):
 @pytest.mark.parametrize('path', OPTION_FILES, ids=IDS)
 def test_option_file_builds_network_and_model(path, tmp_path, resnet18_file, random_weights, monkeypatch):
     from basicsr.losses import build_loss
-    opt = load(path)
+    opt = load_yaml_file(path)
     weights, state = random_weights(to_plain(opt['network_g']))
     rt = _runtime_opt(opt, tmp_path, is_train=path in TRAIN_FILES)
     if path in TEST_FILES:
@@ -268,20 +263,20 @@ def _standin_dataset_opt(ds, root, phase):
     return ds
 
 
-CLIP_FILES = [f for f in OPTION_FILES if load(f).get('clip')]
+CLIP_FILES = [f for f in OPTION_FILES if load_yaml_file(f).get('clip')]
 
 
 @pytest.mark.parametrize('path', CLIP_FILES, ids=[os.path.relpath(f, ROOT) for f in CLIP_FILES])
 def test_clip_section_is_valid_up_to_the_weights(path, monkeypatch):
     """The YAML's own ``clip:`` passes every CLIPPrior check before the weights (model, domains, templates, keys)."""
     with pytest.raises(WeightsReached):
-        build_prior_until_weights(load(path)['clip'], monkeypatch)
+        build_prior_until_weights(load_yaml_file(path)['clip'], monkeypatch)
 
 
 def test_a_template_without_placeholder_is_caught_before_the_weights(monkeypatch):
     """The old oracle YAML's 'a photo of a train' (no {}) fails the template check, before any weights are needed."""
     path = os.path.join(ROOT, 'options', 'train', 'train_MixCLDehazeNet_S_RESIDE6K_oracle.yml')
-    clip_opt = to_plain(load(path)['clip'])
+    clip_opt = to_plain(load_yaml_file(path)['clip'])
     with pytest.raises(WeightsReached):
         build_prior_until_weights(clip_opt, monkeypatch)
     clip_opt['templates'] = ['a photo of a train']
@@ -292,7 +287,7 @@ def test_a_template_without_placeholder_is_caught_before_the_weights(monkeypatch
 @pytest.mark.parametrize('path', OPTION_FILES, ids=IDS)
 def test_option_file_builds_datasets_on_standin_data(path, standin):
     from mixcl_arch.utils.basicsr_fixes import propagate_clip_options
-    opt = propagate_clip_options(to_plain(load(path)))
+    opt = propagate_clip_options(to_plain(load_yaml_file(path)))
     for phase_key, ds in opt['datasets'].items():
         assert ds['type'] in DATASET_REGISTRY, (
             f"{ds['type']} is not registered: mixcl_arch/data/clip_paired_image_dataset.py is needed by {path}")
@@ -317,7 +312,7 @@ def test_store_of_other_templates_is_rejected_for_the_yaml(standin):
     """A store extracted with another (valid) prompt fails the provenance check of the YAML's clip section."""
     from mixcl_arch.utils.basicsr_fixes import propagate_clip_options
     path = os.path.join(ROOT, 'options', 'train', 'train_MixCLDehazeNet_S_RESIDE6K_ref.yml')
-    opt = propagate_clip_options(to_plain(load(path)))
+    opt = propagate_clip_options(to_plain(load_yaml_file(path)))
     ds_opt = _standin_dataset_opt(opt['datasets']['train'], standin.root, 'train')
     ds_opt['feature_store'] = standin.store('train', dict(opt['clip'], templates=['a picture of a {}']))
     with pytest.raises(ValueError, match=r"templates: store \['a picture of a \{\}'\], options \['a photo of a"):
@@ -327,7 +322,7 @@ def test_store_of_other_templates_is_rejected_for_the_yaml(standin):
 def test_top_level_clip_reaches_dataset_provenance_check(standin):
     """The entry points copy ``clip:`` into each dataset, so a store made with another CLIP fails at construction."""
     from mixcl_arch.utils.basicsr_fixes import propagate_clip_options
-    opt = to_plain(load(os.path.join(ROOT, 'options', 'train', 'train_MixCLDehazeNet_S_RESIDE6K.yml')))
+    opt = to_plain(load_yaml_file(os.path.join(ROOT, 'options', 'train', 'train_MixCLDehazeNet_S_RESIDE6K.yml')))
     propagate_clip_options(opt)
     ds = opt['datasets']['train']
     assert ds['clip']['model'] == 'ViT-B-32' and 'cond_fallback' not in ds['clip']
@@ -368,7 +363,7 @@ DEMO_AND_BASELINE_FILES = sorted(f for f in glob.glob(os.path.join(ROOT, 'option
                                                                 DEMO_AND_BASELINE_FILES])
 def test_other_option_files_parse_and_build_network_and_model(path, tmp_path):
     """Demo and baseline YAMLs (their data exists only after make_demo_data): sections, registry, net, model."""
-    opt = load(path)
+    opt = load_yaml_file(path)
     assert opt['model_type'] in MODEL_REGISTRY and re.fullmatch(r'[A-Za-z0-9_]+', opt['name'])
     assert all(len(line.rstrip('\n')) <= 120 for line in open(path))
     for ds in opt['datasets'].values():

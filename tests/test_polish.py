@@ -264,12 +264,21 @@ def test_choices_spelled_out_for_a_fast_help_agree_with_the_package():
     assert convert.ARCH_NAMES == tuple(sorted(convert.ARCHS)) and convert.FORMATS == tuple(SAVE_FORMATS)
 
 
-def test_demo_sh_help_prints_its_usage_and_does_nothing(tmp_path):
+@pytest.mark.parametrize('script', sorted(glob.glob(osp.join(ROOT, 'scripts', '*.sh'))), ids=osp.basename)
+def test_shell_script_help_prints_its_header_and_does_nothing(script, tmp_path):
+    """demo.sh used to pass --help to mkdir; install.sh ran the installation, run_tests.sh both."""
+    with open(script) as f:
+        header = f.read().splitlines()[1][2:]  # the first comment line, under the shebang
     for flag in ('--help', '-h'):
-        proc = subprocess.run(['bash', osp.join(ROOT, 'scripts', 'demo.sh'), flag], cwd=str(tmp_path),
-                              capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0 and 'bash scripts/demo.sh [OUT]' in proc.stdout and 'DEMO_ITERS' in proc.stdout
-        assert 'mkdir' not in proc.stdout + proc.stderr and not os.listdir(tmp_path)
+        proc = subprocess.run(['bash', script, flag], cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.startswith(header + '\n') and not proc.stderr
+        assert '[install]' not in proc.stdout and '[demo]' not in proc.stdout and not os.listdir(tmp_path)
+
+
+def test_demo_sh_usage_and_bad_arguments(tmp_path):
+    proc = subprocess.run(['bash', osp.join(ROOT, 'scripts', 'demo.sh'), '--help'], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert 'bash scripts/demo.sh [OUT]' in proc.stdout and 'DEMO_ITERS' in proc.stdout and 'mkdir' not in proc.stdout
     proc = subprocess.run(['bash', osp.join(ROOT, 'scripts', 'demo.sh'), '--bogus'], cwd=str(tmp_path),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and 'unknown option --bogus' in proc.stderr and not os.listdir(tmp_path)

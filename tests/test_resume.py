@@ -52,7 +52,7 @@ def resumed(tmp_path_factory):
 def test_resumed_network_and_ema_weights_equal_the_saved_ones(resumed):
     assert 'Resuming training from epoch' in resumed['log'] and 'iter: 2.' in resumed['log']
     saved, dump = resumed['saved_net'], resumed['dump']
-    assert set(saved) == {'params', 'params_ema'}
+    assert set(saved) == {'params', 'params_ema', 'meta'}
     # the two are distinguishable (EMA decay 0.5 over 2 steps), so loading the wrong one would be seen
     assert any(not torch.equal(saved['params'][k], saved['params_ema'][k]) for k in saved['params'])
     assert_same(dump['net_g'], saved['params'], 'net_g')

@@ -22,6 +22,7 @@ def _model(tmp_path, net_type, tile=None, where='val', **net_extra):
         opt['network_g'] = dict(type='AODNet')
     if tile is not None:
         (opt['val'] if where == 'val' else opt)['tile'] = dict(tile_size=tile[0], tile_pad=tile[1])
+    torch.manual_seed(0)  # the nets' initial weights do not depend on the tests run before
     model = build_model(opt)
     randomize_bn(model.net_g)
     return model

@@ -166,11 +166,11 @@ class CLIPHazeCondConfig:
 
     def dcp_restorer(self, device='cpu'):
         """The :class:`~mixcl_arch.baselines.dcp.DCPRestorer` of the ``dcp`` options."""
-        from mixcl_arch.baselines.dcp import DCPRestorer
-        params = dict(self.dcp)
-        preset = params.pop('preset', None)
+        from mixcl_arch.baselines.dcp import DCPParams, DCPRestorer
+        opt = dict(self.dcp)
+        text = {k: v for k, v in opt.items() if isinstance(v, str)}  # --dcp-param KEY=VALUE values are text
         try:
-            return DCPRestorer(device=device, preset=preset, **params)
+            return DCPRestorer(device=device, params=DCPParams.from_mapping({**opt, **DCPParams.parse_strings(text)}))
         except ValueError as err:
             raise ValueError(f'cliphaze_cond.dcp: {err}') from err
 

@@ -11,19 +11,17 @@ atomic checkpoints, float-input metrics, EMA and AMP):
   ``calculate_psnr_dehaze`` / ``calculate_ssim_dehaze``) compare J with the GT, i.e. dehazing PSNR/SSIM, not the
   transmission error.
 
-Options added (all optional): ``val.recovery``, a dict of recovery options (``a_normalize`` true, ``top_ratio`` 0.01,
-``atmo_mode`` 'grey', ``a_min`` 0.05, ``refine`` true, ``gf_radius`` 30, ``gf_eps`` 1e-3, ``t0`` 0.1, ``clamp`` true;
-see :data:`mixcl_arch.baselines.dehazenet.DEHAZENET_RECOVERY_DEFAULTS`) plus ``tile`` (0: whole image) and
-``tile_overlap`` (32) for the network pass on large images.
+Options added (all optional): ``val.recovery``, the recovery options read by
+:meth:`mixcl_arch.baselines.dehazenet.DehazeNetRecoveryParams.from_mapping` (typed YAML values: ``a_normalize``
+true, ``top_ratio`` 0.01, ``atmo_mode`` brightest_grey, ``a_min`` 0.05, ``refine`` true, ``gf_radius`` 30,
+``gf_window`` null, ``gf_border`` clip, ``gf_eps`` 1.0e-3, ``t0`` 0.1, ``clamp`` true) plus ``tile`` (null: whole
+image) and ``tile_overlap`` (32) for the network pass on large images.
 """
 import torch
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from mixcl_arch.baselines.dehazenet import DEHAZENET_RECOVERY_DEFAULTS, check_recovery_params, dehazenet_dehaze, \
-    predict_transmission
+from mixcl_arch.baselines.dehazenet import DehazeNetRecoveryParams, dehazenet_dehaze, predict_transmission
 from mixcl_arch.models.mixcl_dehaze_model import MixCLDehazeModel
-
-TILE_KEYS = ('tile', 'tile_overlap')
 
 
 @MODEL_REGISTRY.register()
@@ -36,14 +34,7 @@ class DehazeNetModel(MixCLDehazeModel):
     """
 
     def __init__(self, opt):
-        rec = dict(((opt.get('val') or {}).get('recovery')) or {})
-        unknown = sorted(set(rec) - set(DEHAZENET_RECOVERY_DEFAULTS) - set(TILE_KEYS))
-        if unknown:
-            raise ValueError(f'val.recovery: unknown key(s) {unknown}; allowed: '
-                             f'{sorted(DEHAZENET_RECOVERY_DEFAULTS) + list(TILE_KEYS)}.')
-        self.recovery = check_recovery_params(rec)
-        self.tile = int(rec.get('tile') or 0)
-        self.tile_overlap = int(rec.get('tile_overlap', 32))
+        self.recovery = DehazeNetRecoveryParams.from_mapping((opt.get('val') or {}).get('recovery'), 'val.recovery')
         self.gt_is_t = False
         super().__init__(opt)
         self._check_net()
@@ -102,9 +93,10 @@ class DehazeNetModel(MixCLDehazeModel):
         net.eval()
         with torch.no_grad():
             if self.gt_is_t:
-                self.output = self.t_pred = predict_transmission(net, self.lq, self.tile, self.tile_overlap)
+                self.output = self.t_pred = predict_transmission(net, self.lq, self.recovery.tile,
+                                                                 self.recovery.tile_overlap)
             else:
-                out = dehazenet_dehaze(net, self.lq, self.tile, self.tile_overlap, **self.recovery)
+                out = dehazenet_dehaze(net, self.lq, self.recovery)
                 self.output = out['J']
                 self.t_pred = out['t']
                 self.atmo_light = out['A']

@@ -331,8 +331,9 @@ class MixCLDehazeModel(SRModel):
           included, as BasicSR's ``best_metric_results``) saves ``net_g_best`` as ``SRModel.save`` does (``params``,
           plus ``params_ema`` with EMA), then ``net_g_best.json`` (metric, value, iter) beside it; a resumed run
           compares with that record, so a worse model never replaces the best one.
-        - Test runs write ``<path.log>/<dataset name>_per_image.csv``: ``image`` then one column per metric (the
-          reference test.py's results.csv), empty where a metric has no value.
+        - Test runs (``path.log`` set, as BasicSR's ``parse_options`` does) write
+          ``<path.log>/<dataset name>_per_image.csv``: ``image`` then one column per metric (the reference test.py's
+          results.csv), empty where a metric has no value.
         """
         dataset_name = dataloader.dataset.opt['name']
         metrics_opt = self.opt['val'].get('metrics') or {}
@@ -384,26 +385,28 @@ class MixCLDehazeModel(SRModel):
         skipped = [name for name, v in values.items() if not v]
         if skipped:
             logger.warning(f'Validation {dataset_name}: no ground truth in the dataset, metrics {skipped} skipped.')
-        self.metric_results = {name: sum(v) / len(v) for name, v in values.items() if v}
-        if self.metric_results:
-            for name, value in self.metric_results.items():
+        results = {name: sum(v) / len(v) for name, v in values.items() if v}
+        if results:  # else the previous results stay, as in BasicSR
+            self.metric_results = results
+            for name, value in results.items():
                 self._update_best_metric_result(dataset_name, name, value, current_iter)
             self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
         if self.opt['is_train'] and self.opt['val'].get('save_best'):
-            self._save_best_network(current_iter)
-        if not self.opt['is_train'] and metrics_opt:
+            self._save_best_network(results, current_iter)
+        if not self.opt['is_train'] and metrics_opt and self.opt['path'].get('log'):
             self._write_per_image_csv(dataset_name, list(metrics_opt), rows)
 
-    def _save_best_network(self, current_iter):
-        """``val.save_best``: ``net_g_best`` + ``net_g_best.json`` when the metric is at least as good as the record."""
+    def _save_best_network(self, results, current_iter):
+        """``val.save_best``: ``net_g_best`` + ``net_g_best.json`` when ``results`` (metric -> mean of this validation)
+        are at least as good as the record."""
         metric = self.opt['val']['save_best']
         val_sets = [key for key in self.opt['datasets'] if key.startswith('val')]
         if len(val_sets) != 1:
             raise ValueError(f'val.save_best needs exactly one validation dataset, got {val_sets}.')
-        if metric not in self.metric_results:
+        if metric not in results:
             raise ValueError(f'val.save_best: {metric!r} is not a computed validation metric (computed: '
-                             f'{sorted(self.metric_results)}; val.metrics: {sorted(self.opt["val"]["metrics"])}).')
-        value = self.metric_results[metric]
+                             f'{sorted(results)}; val.metrics: {sorted(self.opt["val"]["metrics"])}).')
+        value = results[metric]
         higher = self.opt['val']['metrics'][metric].get('better', 'higher') == 'higher'
         record_path = osp.join(self.opt['path']['models'], 'net_g_best.json')
         if osp.isfile(record_path):

@@ -163,7 +163,7 @@ def build_net_from_checkpoint(weights, opt=None, param_key=None, strict=None, al
         except ValueError as err:
             raise ValueError(f'{weights}: cannot infer the network from the checkpoint ({err}). Pass --opt with a '
                              'YAML whose network_g describes it.') from err
-        if net_opt['type'] == 'MixCLDehazeNet':
+        if net_opt['type'] == 'MixCLDehazeNet' and 'fusion' not in net_opt:  # the default fusion's sizes
             net_opt.update(_infer_fusion_opts(state))
         net_opt['data_range'] = meta.get('data_range') or 'unit'
     net = build_network(copy.deepcopy(net_opt))

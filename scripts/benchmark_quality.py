@@ -31,6 +31,11 @@ every file is rewritten atomically. The time of a method is measured around its 
 one untimed warm-up call per method, so it excludes image loading and includes CLIP conditioning for conditioned
 nets.
 
+Safety: every file written is recorded in ``OUT/.mixcl_outputs.jsonl`` (see :mod:`mixcl_arch.utils.output_guard`);
+an output this script did not write, or one changed since (a user's ``results.csv``, a figure edited by hand),
+stops the run before anything is written, on a resumed run and with ``--no-resume`` alike. Images are decoded as
+the datasets decode them, with the pixel count checked from the header first (a decompression bomb is refused).
+
 Example::
 
     python scripts/benchmark_quality.py --data demo_output/data/test --out demo_output/bench \\
@@ -66,7 +71,8 @@ def parse_args(argv=None):
     p.add_argument('--figure-maps', action='store_true', help='figure: after each method=dcp column, its dark '
                    'channel, transmission and depth heat map (the lab report\'s figure, see docs/baselines.md)')
     p.add_argument('--macs-size', type=int, default=256, help='square input size for MACs (default 256)')
-    p.add_argument('--no-resume', action='store_true', help='ignore existing results.csv rows and recompute')
+    p.add_argument('--no-resume', action='store_true', help='ignore existing results.csv rows and recompute (its '
+                   'own results.csv only: a file it did not write is never replaced)')
     p.add_argument('--flush-every', type=int, default=20, help='rewrite results.csv every N new rows')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
@@ -91,9 +97,12 @@ from tqdm import tqdm  # noqa: E402
 from mixcl_arch.baselines.dcp import MAP_NAMES, dcp_maps  # noqa: E402
 from mixcl_arch.metrics.dehaze_metric import calculate_psnr_dehaze, calculate_ssim_dehaze  # noqa: E402
 from mixcl_arch.utils.flops import count_macs, format_count  # noqa: E402
-from mixcl_arch.utils.haze import atomic_imwrite, atomic_write_text, imread_rgb  # noqa: E402
+from mixcl_arch.data.clip_data_util import decode_image  # noqa: E402
+from mixcl_arch.utils.file_io import atomic_imwrite, atomic_write_text  # noqa: E402
 from mixcl_arch.utils.options import load_yaml_file, safe_load  # noqa: E402
-from mixcl_arch.utils.output_guard import check_outputs_apart  # noqa: E402
+from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  # noqa: E402
+
+TOOL = 'benchmark_quality'
 
 IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 RESULT_FIELDS = ['image', 'gt', 'domain', 'method', 'psnr', 'ssim', 'time_ms', 'height', 'width', 'config']
@@ -174,30 +183,28 @@ class PairedSet:
         return {k for k, _, _ in read_meta_info(osp.join(self.root, f'{sub}.lmdb'))}
 
     def read(self, item):
-        """(hazy, gt) as float32 RGB (H, W, 3) arrays in [0, 1]."""
-        if self.backend == 'disk':
-            hazy = imread_rgb(osp.join(self.root, 'hazy', item['image']))
-            gt = imread_rgb(osp.join(self.root, 'GT', item['gt']))
-        else:
-            hazy, gt = self._read_lmdb('hazy', item['image']), self._read_lmdb('GT', item['gt'])
+        """(hazy, gt) as float32 RGB (H, W, 3) arrays in [0, 1].
+
+        Both backends decode with the datasets' checked decoder (:func:`mixcl_arch.data.clip_data_util.decode_image`,
+        as ``test.py`` does): the same pixels from a folder and from its LMDB, and a header declaring more than
+        ``MIXCL_MAX_PIXELS`` (200 MP) pixels is refused before anything is decoded.
+        """
+        hazy, gt = self._read('hazy', item['image']), self._read('GT', item['gt'])
         if hazy.shape != gt.shape:
             raise ValueError(f"Size mismatch: hazy {item['image']} {hazy.shape[:2]} vs GT {item['gt']} "
                              f'{gt.shape[:2]}.')
         return hazy, gt
 
-    def _read_lmdb(self, sub, rel):
+    def _read(self, sub, rel):
+        if self.backend == 'disk':
+            path = osp.join(self.root, sub, rel)
+            return decode_image(np.fromfile(path, dtype=np.uint8), path)
         from mixcl_arch.utils.lmdb_tools import lmdb_env
         with lmdb_env(osp.join(self.root, f'{sub}.lmdb')).begin(write=False) as txn:
             buf = txn.get(_lmdb_key(rel).encode('ascii'))
         if buf is None:
             raise FileNotFoundError(f'Key {_lmdb_key(rel)!r} missing in {sub}.lmdb')
-        img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise ValueError(f'Undecodable image for key {_lmdb_key(rel)!r} in {sub}.lmdb')
-        img = img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=2)
-        return np.ascontiguousarray(img[..., 2::-1])
+        return decode_image(buf, f'{sub}.lmdb key {_lmdb_key(rel)!r}')
 
 
 def _lmdb_key(rel):
@@ -338,13 +345,35 @@ def read_results(path):
     return rows
 
 
-def write_csv(rows, fields, path):
+def write_csv(rows, fields, path, manifest=None):
+    """Write a CSV atomically and record it as this script's own in ``manifest`` (default: its folder's)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator='\n')
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row.get(k, '') for k in fields})
     atomic_write_text(buf.getvalue(), path)
+    (manifest or OutputManifest(osp.dirname(osp.abspath(path)), TOOL)).record(path)
+
+
+def check_own(manifest, paths):
+    """Refuse, before anything is written, to replace an existing file that is not this script's own output.
+
+    Raises:
+        FileExistsError: Some of ``paths`` exist without a matching record in ``manifest`` (a user's file, another
+            tool's, or one changed since it was written).
+    """
+    foreign = [p for p in paths if osp.lexists(p) and not manifest.owns(p)]
+    if foreign:
+        raise FileExistsError(f'{len(foreign)} file(s) in {manifest.root} were not written by {TOOL} (no record in '
+                              f'{manifest.path}, or changed since), e.g. {foreign[:3]}; they are never replaced, '
+                              'neither on a resumed run nor with --no-resume: move them away or choose another --out '
+                              '(nothing was written).')
+
+
+def image_path(out, method, item):
+    """``--save-images`` file of one method's output for one pair."""
+    return osp.join(out, 'images', method['name'], osp.splitext(item['image'])[0] + '.png')
 
 
 def summarize(rows, methods, costs):
@@ -474,16 +503,23 @@ def run(args):
     fig_items = pick_figure_items(items, args.figure, args.seed)
     fig_keys = {it['image'] for it in fig_items}
     os.makedirs(args.out, exist_ok=True)
+    manifest = OutputManifest(args.out, TOOL)
     results_path = osp.join(args.out, 'results.csv')
+    paths = {name: osp.join(args.out, name) for name in ('summary.csv', 'summary.md', 'figure.png')}
+    check_own(manifest, [results_path, paths['summary.csv'], paths['summary.md']]
+              + ([paths['figure.png']] if fig_items else []))
     rows = [] if args.no_resume else read_results(results_path)
     configs = {m['name']: method_config(m, args.device) for m in methods}
     # rows of a method whose configuration changed (other weights, options, parameters, device) are recomputed
     rows = [r for r in rows if r['method'] not in configs or r.get('config') == configs[r['method']]]
     done = {(r['image'], r['method']) for r in rows}
+    if args.save_images:
+        check_own(manifest, [image_path(args.out, m, it) for m in methods for it in items
+                             if (it['image'], m['name']) not in done])
     cells, costs, pending = {}, {}, 0
 
     def flush():
-        write_csv(rows, RESULT_FIELDS, results_path)
+        write_csv(rows, RESULT_FIELDS, results_path, manifest)
 
     try:
         for m in methods:
@@ -519,9 +555,9 @@ def run(args):
                 if (it['image'], m['name']) in done:
                     continue
                 if args.save_images:
-                    stem = osp.splitext(it['image'])[0]
-                    atomic_imwrite(_to_u8(y[0].numpy().transpose(1, 2, 0))[..., ::-1],
-                                   osp.join(args.out, 'images', m['name'], stem + '.png'))
+                    path = image_path(args.out, m, it)
+                    atomic_imwrite(_to_u8(y[0].numpy().transpose(1, 2, 0))[..., ::-1], path)
+                    manifest.record(path)
                 g = torch.from_numpy(gt.transpose(2, 0, 1)).unsqueeze(0)
                 rows.append({'image': it['image'], 'gt': it['gt'], 'domain': it['domain'], 'method': m['name'],
                              'psnr': f'{calculate_psnr_dehaze(y, g):.4f}', 'ssim': f'{calculate_ssim_dehaze(y, g):.6f}',
@@ -539,16 +575,18 @@ def run(args):
     keys = {it['image'] for it in items}
     current = [r for r in rows if r['image'] in keys]
     summary = summarize(current, methods, costs)
-    write_csv(_fmt_summary_csv(summary), SUMMARY_FIELDS, osp.join(args.out, 'summary.csv'))
+    write_csv(_fmt_summary_csv(summary), SUMMARY_FIELDS, paths['summary.csv'], manifest)
     md = summary_markdown(summary, args.data, len(items))
-    atomic_write_text(md, osp.join(args.out, 'summary.md'))
+    atomic_write_text(md, paths['summary.md'])
+    manifest.record(paths['summary.md'])
     fig_path = None
     if fig_items:
-        fig_path = osp.join(args.out, 'figure.png')
+        fig_path = paths['figure.png']
         rows_by_key = {(r['image'], r['method']): r for r in current}
         make_figure(cells, fig_items, methods, rows_by_key, args.figure_height, fig_path)
-    return {'results': results_path, 'summary_csv': osp.join(args.out, 'summary.csv'),
-            'summary_md': osp.join(args.out, 'summary.md'), 'figure': fig_path, 'images': len(items),
+        manifest.record(fig_path)
+    return {'results': results_path, 'summary_csv': paths['summary.csv'],
+            'summary_md': paths['summary.md'], 'figure': fig_path, 'images': len(items),
             'rows': len(current), 'summary': summary, 'markdown': md}
 
 

@@ -8,6 +8,11 @@ with its provenance. A re-run skips names already in the store (after checking t
 CLIP options); the store is rewritten atomically every ``--save-every`` batches and at the end. Prints one JSON
 summary per store (images per domain, mean confidence, speed).
 
+Every store written is recorded in the manifest of its folder (``.mixcl_outputs.jsonl``, see
+:mod:`mixcl_arch.utils.output_guard`). ``--overwrite`` discards a store and therefore replaces only one recorded
+there as this tool's own and unchanged since; a resumed store keeps every row it holds, so any store made with the
+same CLIP options can be completed (and is this tool's own afterwards).
+
 Examples::
 
     # every dataset of an options file that names a feature_store (clip: section gives model / weights / prompts)
@@ -60,7 +65,8 @@ def parse_args(argv=None):
     p.add_argument('--batch-size', type=int, default=64)
     p.add_argument('--num-workers', type=int, default=2, help='image decoding workers')
     p.add_argument('--save-every', type=int, default=50, help='rewrite the store every N batches (resumable)')
-    p.add_argument('--overwrite', action='store_true', help='start over instead of resuming an existing store')
+    p.add_argument('--overwrite', action='store_true', help='start over instead of resuming an existing store (only '
+                   'a store this tool wrote, never anyone else\'s file)')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     g = p.add_argument_group('CLIPHaze conditioning (cliphaze_cond: section of -opt, overridden by these)')
     g.add_argument('--density', action='store_true', help="also store the haze-density map of every image ('density' "
@@ -86,7 +92,9 @@ if __name__ == '__main__':
     parse_args()  # --help and usage errors answer here, before the imports below (torch and basicsr take seconds)
 
 import mixcl_arch  # noqa: E402,F401  (before basicsr)
-from mixcl_arch.utils.output_guard import check_outputs_apart  # noqa: E402
+from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  # noqa: E402
+
+TOOL = 'extract_clip_features'
 
 
 def cliphaze_options(args, opt):
@@ -289,6 +297,21 @@ def same_provenance(a, b):
     return diffs
 
 
+def store_manifest(out, overwrite):
+    """The manifest of the store's folder, after checking that ``overwrite`` discards only this tool's own store.
+
+    Raises:
+        FileExistsError: ``overwrite`` while ``out`` exists and is not recorded as this tool's own (a user's file,
+            another tool's, or a store changed since).
+    """
+    manifest = OutputManifest(osp.dirname(osp.abspath(out)), TOOL)
+    if overwrite and osp.lexists(out) and not manifest.owns(out):
+        raise FileExistsError(f'{out} exists and was not written by {TOOL} (no record in {manifest.path}, or changed '
+                              'since); --overwrite replaces only its own stores: choose another --out or move the '
+                              'file away (nothing was written).')
+    return manifest
+
+
 def extract(prior, dataroot, out, meta_file=None, batch_size=64, num_workers=2, save_every=50, overwrite=False,
             progress=True, cond=None, domains=('indoor', 'outdoor')):
     """Fill (or complete) the feature store ``out`` for ``dataroot``; returns the summary dict.
@@ -303,6 +326,7 @@ def extract(prior, dataroot, out, meta_file=None, batch_size=64, num_workers=2, 
     from mixcl_arch.clip import FeatureStore
     from mixcl_arch.clip.cliphaze_cond import density_mismatches
     t0 = time.time()
+    manifest = store_manifest(out, overwrite)
     items, lmdb = list_keys(dataroot, meta_file)
     labels = csv_domains(meta_file, lmdb) if cond is not None else {}
     fresh = new_store(prior, cond, list(domains))
@@ -324,6 +348,11 @@ def extract(prior, dataroot, out, meta_file=None, batch_size=64, num_workers=2, 
     else:
         store = fresh
     todo = [it for it in items if it[0] not in store]
+
+    def save():
+        store.save(out)
+        manifest.record(out)  # after every save: a resume after a kill finds the store recorded as it is
+
     device = prior.device if prior is not None else torch.device('cpu')
     loader = DataLoader(_Images(dataroot, todo, lmdb, prior.preprocess if prior is not None else None,
                                 full=cond is not None), batch_size=batch_size, shuffle=False,
@@ -338,9 +367,9 @@ def extract(prior, dataroot, out, meta_file=None, batch_size=64, num_workers=2, 
                 store.add(keys, *cliphaze_rows(prior, cond, store, keys, pixels, [x.to(device) for x in images],
                                                labels))
             if save_every and (i + 1) % save_every == 0:
-                store.save(out)
+                save()
     if todo or not osp.isfile(out):
-        store.save(out)
+        save()
     dt = time.time() - t1
     summary = {'out': out, 'dataroot': dataroot, 'backend': 'lmdb' if lmdb else 'disk', 'new': len(todo),
                'skipped': len(items) - len(todo), **store.summary(), 'device': str(device),
@@ -382,6 +411,7 @@ def main(argv=None):
     jobs = jobs_from(args, opt, 'standin' if standin else str(clip['model']).replace('/', '-'))
     for root, out, meta in jobs:  # fail on bad input before loading CLIP
         check_outputs_apart([out], [root, meta], 'feature store')
+        store_manifest(out, args.overwrite)
         list_keys(root, meta)
     try:
         prior = None if standin else CLIPPrior.from_opt(clip)

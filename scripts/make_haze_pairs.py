@@ -40,6 +40,9 @@ GT of each hazy image found by name: the same relative path (DehazeFormer layout
 to its first underscore (ITS ``1_1_0.90179.png`` -> ``1.png``, OTS/SOTS ``0025_0.8_0.1.jpg`` -> ``0025.*``)::
 
     python scripts/make_haze_pairs.py --index-existing datasets/ITS/train --domain indoor
+
+The meta.csv it writes is recorded in SPLIT/.mixcl_outputs.jsonl; a meta.csv it did not write (the pair list a
+dataset ships with) is never replaced, even with ``--overwrite``.
 """
 import argparse
 import csv
@@ -128,7 +131,6 @@ from mixcl_arch.utils.file_io import atomic_imwrite, atomic_open, atomic_write_t
 from mixcl_arch.utils.haze import (DOMAIN_PRESETS, IMG_EXTENSIONS, fill_invalid_depth, haze_depth,  # noqa: E402
                                    image_rng, imread_rgb, load_depth_file, pseudo_depth, sample_haze_params,
                                    synthesize_haze)
-from mixcl_arch.utils.image_io import check_pixels  # noqa: E402
 from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  # noqa: E402
 
 
@@ -249,8 +251,7 @@ def to_u8_bgr(img):
 def process_image(rel, split, n_versions, domain, depth_file, args, presets, manifest):
     """Write the GT and the hazy versions of one image; return its meta rows."""
     src = osp.join(args.input, rel)
-    check_pixels(np.fromfile(src, dtype=np.uint8), src)  # a decompression bomb is refused before OpenCV sees it
-    clear = imread_rgb(src)
+    clear = imread_rgb(src)  # checked: a decompression bomb is refused before OpenCV sees it
     if depth_file is not None:
         depth = load_depth_file(depth_file, kind=args.depth_kind, png_scale=args.png_scale, focal=args.focal,
                                 baseline=args.baseline, doffs=args.doffs)
@@ -388,13 +389,17 @@ def index_existing(args):
     if missing:
         raise FileNotFoundError(f'No GT in {gt_dir} for {len(missing)} hazy image(s), e.g. {missing[:3]}')
     meta = osp.join(split, 'meta.csv')
-    if osp.exists(meta) and not args.overwrite:
+    check_outputs_apart([meta], (args.domain_csv,), 'SPLIT/meta.csv')
+    manifest = OutputManifest(split, TOOL)
+    if osp.lexists(meta) and not manifest.owns(meta):  # e.g. the pair list a dataset ships with
+        raise FileExistsError(f'{meta} was not written by make_haze_pairs.py (no record in {manifest.path}, or '
+                              'changed since); it is never replaced, even with --overwrite: move it away (nothing '
+                              'was written).')
+    if osp.lexists(meta) and not args.overwrite:
         raise FileExistsError(f'{meta} exists: pass --overwrite to replace it')
-    manifest = None
     if args.basicsr_layout:
         check_basicsr_layout([(r['hazy'], r['gt']) for r in rows], hazy_dir)
         check_outputs_apart([osp.join(split, PAIRED_GT)], (hazy_dir, gt_dir), '--basicsr-layout folder')
-        manifest = OutputManifest(split, TOOL)
         foreign = manifest.foreign_files(osp.join(split, PAIRED_GT))
         if foreign:
             raise FileExistsError(f'{len(foreign)} file(s) in {osp.join(split, PAIRED_GT)} were not written by '
@@ -402,8 +407,9 @@ def index_existing(args):
                                   '(nothing was written).')
         manifest.remove_recorded()  # links of hazy images that may be gone since
     write_meta(rows, meta)
+    manifest.record(meta)
     summary = {'meta': meta, 'pairs': len(rows), 'gt_images': len({r['gt'] for r in rows})}
-    if manifest is not None:
+    if args.basicsr_layout:
         summary['basicsr_layout'] = write_basicsr_layout(split, gt_dir, rows, manifest)
     print(json.dumps(summary, indent=2))
     return summary

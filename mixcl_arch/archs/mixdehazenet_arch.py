@@ -16,6 +16,7 @@ from torch import nn as nn
 from torch.nn import functional as F
 
 from mixcl_arch.archs.arch_util import crop_top_left, pad_reflect_or_replicate
+from mixcl_arch.archs.text_fusion import CALIPFusion, LinearParametricFusion, TextEmbFusion, resolve_fusion
 
 MIXDEHAZENET_PRESETS = {
     'T': [1, 1, 2, 1, 1],
@@ -420,9 +421,15 @@ class _MixDehazeBackbone(nn.Module):
         self.fused = True
         return self
 
-    def forward_body(self, x):
-        """(B, C_in, H, W) with H, W multiples of 4 -> (B, 4, H, W): the K and B maps."""
-        x = self.layer1(self.patch_embed(x))
+    def forward_body(self, x, embed_offset=None):
+        """(B, C_in, H, W) with H, W multiples of 4 -> (B, 4, H, W): the K and B maps.
+
+        ``embed_offset`` (B, embed_dims[0], H, W), when given, is added to the patch embedding (``fusion: textemb``).
+        """
+        x = self.patch_embed(x)
+        if embed_offset is not None:
+            x = x + embed_offset
+        x = self.layer1(x)
         skip1 = x
         x = self.layer2(self.patch_merge1(x))
         skip2 = x
@@ -492,6 +499,7 @@ class MixCLDehazeNet(_MixDehazeBackbone):
     ``fusion_chans`` channels, which are concatenated with the RGB input before the patch embedding. With
     ``num_cond=1`` (default) this is exactly the reference model (``text_emb``; patch embed takes 6 channels). Extra
     vectors (soft features of other prompt sets, the CLIP image embedding) get their own fusions ``text_emb_extra.i``.
+    ``fusion`` and ``combine`` select the reference's earlier variants for ablations (:mod:`.text_fusion`).
 
     Args:
         variant, embed_dims, depths, out_chans, data_range: As :class:`MixDehazeNet`.
@@ -501,6 +509,13 @@ class MixCLDehazeNet(_MixDehazeBackbone):
         fusion_chans (int): Channels produced per fusion (3).
         num_cond (int): Number of conditioning vectors K per image (1 = reference).
         fusion_max_elements (int): Memory bound of the fused attention (elements per chunk).
+        fusion (str): 'parametric' (default, :class:`CLIPTextFusion`), 'calip' (:class:`CALIPFusion`, no
+            parameters), 'parametric_linear' (:class:`LinearParametricFusion`) or 'textemb' (:class:`TextEmbFusion`,
+            added to the patch embedding).
+        combine (str | None): 'concat' (patch embed takes in_chans + fusion_chans * num_cond channels) or 'add'
+            (in_chans: image + fusion outputs); None: the reference's choice for ``fusion`` (concat for parametric,
+            add for the others).
+        fusion_size (int): Fixed resolution side of 'parametric_linear' and 'textemb' (256 in the reference).
 
     Shapes:
         forward(x, text): x (B, 3, H, W); text (B, text_dim), (B, 1, text_dim) or (B, K, text_dim) -> (B, 3, H, W).
@@ -518,9 +533,14 @@ class MixCLDehazeNet(_MixDehazeBackbone):
                  fusion_chans=3,
                  num_cond=1,
                  fusion_max_elements=2**24,
-                 data_range='signed'):
+                 data_range='signed',
+                 fusion='parametric',
+                 combine=None,
+                 fusion_size=256):
         super().__init__()
         _check_data_range(data_range)
+        self.combine, chans = resolve_fusion(fusion, combine, in_chans, fusion_chans)
+        self.fusion = fusion
         if int(num_cond) < 1:
             raise ValueError(f'MixCLDehazeNet needs num_cond >= 1, got {num_cond}; use MixDehazeNet for none.')
         embed_dims, depths = resolve_preset(variant, embed_dims, depths)
@@ -531,12 +551,19 @@ class MixCLDehazeNet(_MixDehazeBackbone):
         self.text_dim = text_dim
 
         def make_fusion():
+            if fusion == 'calip':
+                return CALIPFusion(text_dim)
+            if fusion == 'parametric_linear':
+                return LinearParametricFusion(in_chans, fusion_chans, text_dim, fusion_size)
+            if fusion == 'textemb':
+                return TextEmbFusion(embed_dims[0], text_dim, fusion_size)
             return CLIPTextFusion(in_chans, fusion_chans, proj_dim, text_dim, fusion_max_elements)
 
         self.text_emb = make_fusion()
         if self.num_cond > 1:
             self.text_emb_extra = nn.ModuleList([make_fusion() for _ in range(self.num_cond - 1)])
-        self._build_backbone(in_chans + fusion_chans * self.num_cond, out_chans, embed_dims, depths)
+        body_chans = in_chans + chans * self.num_cond if self.combine == 'concat' else in_chans
+        self._build_backbone(body_chans, out_chans, embed_dims, depths)
 
     def _check_text(self, text, batch):
         if text is None:
@@ -560,5 +587,11 @@ class MixCLDehazeNet(_MixDehazeBackbone):
         fused = [self.text_emb(x, text[:, 0])]
         for i in range(1, self.num_cond):
             fused.append(self.text_emb_extra[i - 1](x, text[:, i]))
-        feat = self.forward_body(torch.cat([x] + fused, dim=1))
+        if self.combine == 'concat':
+            feat = self.forward_body(torch.cat([x] + fused, dim=1))
+        else:
+            total = fused[0]
+            for f in fused[1:]:
+                total = total + f
+            feat = self.forward_body(x, total) if self.fusion == 'textemb' else self.forward_body(x + total)
         return self._from_signed(self._reconstruct(feat, x, h, w))

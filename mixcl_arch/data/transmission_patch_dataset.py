@@ -5,13 +5,13 @@ import os.path as osp
 import numpy as np
 import torch
 from basicsr.data.transforms import augment
-from basicsr.utils import FileClient, imfrombytes, img2tensor
+from basicsr.utils import FileClient, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data as data
 
 from mixcl_arch.utils.lmdb_tools import lmdb_env, read_meta_info
 
-from .clip_data_util import image_size, strip_ext, tail_ok
+from .clip_data_util import decode_image, image_size, strip_ext, tail_ok
 
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
@@ -151,17 +151,18 @@ class TransmissionPatchDataset(data.Dataset):
                              f'{self.patch_size} and {self.patches_per_image}.')
 
     def _load(self, idx):
-        """The idx-th clean image as float32 BGR (H, W, 3) in [0, 1] (cached when ``cache_images``)."""
+        """The idx-th clean image as float32 RGB (H, W, 3) in [0, 1] (cached when ``cache_images``).
+
+        Decoded by the datasets' checked decoder (:func:`~mixcl_arch.data.clip_data_util.decode_image`): an image
+        whose header declares more than ``MIXCL_MAX_PIXELS`` (200 MP) pixels is refused before OpenCV allocates.
+        """
         if self.cache is not None and idx in self.cache:
             return self.cache[idx]
         path = self.paths[idx]
         try:
-            img_bytes = self._read_bytes(path)
-            img = imfrombytes(img_bytes, float32=True)
+            img = decode_image(self._read_bytes(path), path)
         except Exception as err:
             raise IOError(f'TransmissionPatchDataset: cannot read image {path}: {err}') from err
-        if img is None or img.ndim != 3:
-            raise IOError(f'TransmissionPatchDataset: cannot decode image {path}.')
         if min(img.shape[:2]) < self.patch_size:
             raise ValueError(f'TransmissionPatchDataset: image {path} ({img.shape[1]}x{img.shape[0]}) is smaller '
                              f'than patch_size {self.patch_size}.')
@@ -194,7 +195,7 @@ class TransmissionPatchDataset(data.Dataset):
         a = np.float32(np.random.uniform(*self.a_range)) if self.a_range[0] < self.a_range[1] \
             else np.float32(self.a_range[0])
         hazy = clear * t + a * (1.0 - t)
-        lq, clear_t = img2tensor([hazy, clear], bgr2rgb=True, float32=True)
+        lq, clear_t = img2tensor([hazy, clear], bgr2rgb=False, float32=True)
         path = self.paths[img_idx]
         return {
             'lq': lq.clamp_(0, 1),

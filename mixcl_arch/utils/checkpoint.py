@@ -20,6 +20,7 @@ that needs full unpickling (e.g. one holding an ``argparse.Namespace``) loads on
 (``--allow-unsafe-pickle`` / ``path.allow_unsafe_pickle: true``), which warns: unpickling can run arbitrary code.
 """
 import json
+import math
 import os
 import re
 import warnings
@@ -299,7 +300,10 @@ def infer_arch_from_state_dict(state):
     """Guess the network options of a MixDehazeNet-family state dict.
 
     Returns:
-        dict: ``{'type', 'embed_dims', 'depths', 'num_cond'}`` (num_cond only for MixCLDehazeNet).
+        dict: ``{'type', 'embed_dims', 'depths', 'num_cond'}`` (num_cond only for MixCLDehazeNet), plus the
+        ``fusion`` variant's options (``fusion``, ``combine``, ``fusion_size``, ...) where they differ from the
+        default. The parameter-free ``calip`` fusion is recognised only when concatenated (a wider patch embedding
+        without ``text_emb`` keys); added to the image it leaves no trace and reads as a MixDehazeNet.
     """
     if 'patch_embed.proj.weight' not in state:
         raise ValueError('Not a MixDehazeNet-family state dict (no patch_embed.proj.weight).')
@@ -309,9 +313,40 @@ def infer_arch_from_state_dict(state):
         depths.append(max(idx) + 1 if idx else 0)
     embed_dims = [int(state[f'layer{i}.blocks.0.conv1.weight'].shape[0]) if depths[i - 1] else 0 for i in range(1, 6)]
     opt = {'embed_dims': embed_dims, 'depths': depths}
-    if 'text_emb.q1.weight' in state:
+    fusion = _infer_fusion(state, int(state['patch_embed.proj.weight'].shape[1]), embed_dims[0])
+    if fusion is None:
+        opt.update(type='MixDehazeNet')
+    else:
         extra = {int(m.group(1)) for k in state for m in [re.match(r'text_emb_extra\.(\d+)\.', k)] if m}
         opt.update(type='MixCLDehazeNet', num_cond=1 + len(extra))
-    else:
-        opt.update(type='MixDehazeNet')
+        opt.update(fusion)
     return opt
+
+
+def _infer_fusion(state, embed_in, embed_dim, in_chans=3):
+    """MixCLDehazeNet's non-default fusion options from the ``text_emb`` keys (mixcl_arch/archs/text_fusion.py).
+
+    Args:
+        state (dict): State dict.
+        embed_in (int): Input channels of the patch embedding.
+        embed_dim (int): Its output channels (embed_dims[0]).
+        in_chans (int): Image channels.
+
+    Returns:
+        dict | None: Options beyond the default (empty for the default fusion; ``num_cond`` for calip, which has no
+        ``text_emb_extra`` keys to count); None without any fusion.
+    """
+    q1 = state.get('text_emb.q1.weight')
+    if q1 is not None and q1.dim() == 4:  # parametric (the reference model)
+        return {} if embed_in > in_chans else {'combine': 'add'}
+    if q1 is not None:  # parametric_linear: q1 is Linear(in_chans * size^2, text_dim)
+        size = math.isqrt(q1.shape[1] // in_chans)
+        return {'fusion': 'parametric_linear', 'combine': 'concat' if embed_in > in_chans else 'add',
+                'fusion_size': size, 'text_dim': int(q1.shape[0]),
+                'fusion_chans': int(state['text_emb.postProj_s.weight'].shape[0]) // size**2}
+    if 'text_emb.proj.weight' in state:  # textemb: Linear(text_dim, embed_dim * size^2)
+        rows, text_dim = state['text_emb.proj.weight'].shape
+        return {'fusion': 'textemb', 'fusion_size': math.isqrt(rows // embed_dim), 'text_dim': int(text_dim)}
+    if embed_in > in_chans:  # calip concatenated: no parameters, only the wider embedding tells (in_chans per vector)
+        return {'fusion': 'calip', 'combine': 'concat', 'num_cond': (embed_in - in_chans) // in_chans}
+    return None

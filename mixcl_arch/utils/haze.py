@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from mixcl_arch.utils.file_io import atomic_imwrite, atomic_write_bytes, atomic_write_text  # noqa: F401
+from mixcl_arch.utils.image_io import read_image
 
 __all__ = [
     'DOMAIN_PRESETS', 'IMG_EXTENSIONS', 'atomic_write_bytes', 'atomic_write_text', 'atomic_imwrite', 'imread_rgb',
@@ -53,32 +54,25 @@ DOMAIN_PRESETS = {
 }
 
 
-def imread_rgb(path):
-    """Read an image file as float32 RGB in [0, 1].
+def imread_rgb(path, max_pixels=None):
+    """Read an image file as float32 RGB in [0, 1] through the project's checked reader
+    (:func:`mixcl_arch.utils.image_io.read_image`): the pixel count is checked from the header before decoding, so a
+    decompression bomb is refused instead of making OpenCV allocate gigabytes.
 
     Args:
-        path (str): Image file (any OpenCV-readable format; 8 or 16 bit; gray, RGB or RGBA).
+        path (str): Image file (PNG, JPEG, WebP, BMP, TIFF, PPM/PGM; 8 or 16 bit or float; gray, RGB or with alpha,
+            which is dropped; JPEGs with their EXIF orientation applied).
+        max_pixels (int | None): Largest accepted width x height; None means
+            :data:`mixcl_arch.utils.image_io.DEFAULT_MAX_PIXELS` (200 MP or ``MIXCL_MAX_PIXELS``).
 
     Returns:
         np.ndarray: (H, W, 3) float32 RGB in [0, 1].
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: The file cannot be decoded as an image.
+        ValueError: The file is too large, or cannot be decoded as an image.
     """
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'Image file not found: {path}')
-    # np.fromfile + imdecode also copes with non-ASCII paths on every platform
-    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f'Unreadable image (OpenCV cannot decode it): {path}')
-    scale = 65535.0 if img.dtype == np.uint16 else (1.0 if img.dtype.kind == 'f' else 255.0)
-    img = np.clip(img.astype(np.float32) / scale, 0.0, 1.0)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    elif img.shape[2] == 4:
-        img = img[..., :3]
-    return np.ascontiguousarray(img[..., ::-1])
+    return read_image(path, max_pixels)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------

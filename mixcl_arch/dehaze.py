@@ -31,7 +31,8 @@ def parse_args(argv=None):
     """Parse the command line (``argv`` without the program name; None -> ``sys.argv[1:]``)."""
     p = argparse.ArgumentParser(
         prog='mixcl-dehaze',
-        description='Dehaze images with MixCLDehazeNet / MixDehazeNet (or a baseline). See docs/inference.md.')
+        description='Dehaze images with MixCLDehazeNet / MixDehazeNet / CLIPHazeNet (or a baseline). See '
+        'docs/inference.md.')
     p.add_argument('-i', '--input', required=True, help='image file or folder')
     p.add_argument('-o', '--output', required=True,
                    help='output folder (or an output file name when the input is one file)')
@@ -64,6 +65,13 @@ def parse_args(argv=None):
                    'outdoor/indoor (needs --feature-store). Default: clip.cond_fallback of the YAML, else error')
     p.add_argument('--feature-store', default=None,
                    help='feature store file with per-domain text features (default: clip.feature_store of the YAML)')
+    p.add_argument('--density-source', default=None, choices=('clip', 'dcp'),
+                   help='CLIPHazeNet: haze-density map from CLIP (zero-shot, needs the CLIP weights) or dcp (1 - t of '
+                   'the dark channel prior: the offline stand-in, NOT CLIP); overrides cliphaze_cond.density_source '
+                   'of the YAML (default clip)')
+    p.add_argument('--standin-domain', default=None,
+                   help='CLIPHazeNet with the stand-in embedding (the default of --density-source dcp): the domain '
+                   'label of the images, e.g. indoor or outdoor (overrides cliphaze_cond.standin_domain)')
     p.add_argument('--compare', action='store_true', help='also save input | output side by side under OUT/compare')
     p.add_argument('--save-maps', action='store_true',
                    help='--method dcp: also save the dark channel, the transmission and the depth heat map of each '
@@ -91,6 +99,9 @@ def parse_args(argv=None):
     if args.save_maps and args.method != 'dcp':
         p.error(f'--save-maps writes the dark channel prior\'s intermediate maps and needs --method dcp; '
                 f'--method {args.method} has no such maps')
+    if (args.density_source or args.standin_domain) and args.method != 'net':
+        p.error(f'--density-source / --standin-domain set the conditioning of a CLIPHazeNet (--method net); '
+                f'--method {args.method} takes none')
     if args.param and args.method in ('net', 'hazy'):
         p.error(f'--param sets baseline options (dcp, dehazenet); --method {args.method} takes none')
     bad = [kv for kv in args.param if '=' not in kv or not kv.split('=', 1)[0]]
@@ -194,9 +205,11 @@ def _build(args):
             clip['pretrained'] = args.clip_pretrained
         if args.clip_torchscript:
             clip['torchscript'] = True
+        cliphaze = {k: v for k, v in (('density_source', args.density_source),
+                                      ('standin_domain', args.standin_domain)) if v is not None}
         kwargs = dict(param_key=args.param_key, clip=clip, cond_mode=args.cond_mode, cond_fallback=args.cond_fallback,
-                      feature_store=args.feature_store, tile=args.tile or None, tile_overlap=args.tile_overlap, amp=amp,
-                      allow_unsafe_pickle=args.allow_unsafe_pickle)
+                      feature_store=args.feature_store, cliphaze_cond=cliphaze, tile=args.tile or None,
+                      tile_overlap=args.tile_overlap, amp=amp, allow_unsafe_pickle=args.allow_unsafe_pickle)
     else:
         text = dict(kv.split('=', 1) for kv in args.param)  # parsed by the baseline's options dataclass
         if args.method == 'dehazenet':  # its transmission net tiles too; A and refinement use the whole image

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mixcl_arch.utils.file_io import atomic_write_bytes
-from mixcl_arch.utils.tiling import tiled_forward
+from mixcl_arch.utils.tiling import net_tile_align, tiled_forward
 from mixcl_arch.version import __version__
 
 BACKENDS = ('torch', 'onnxruntime')
@@ -83,11 +83,6 @@ def export_spec(net):
     return EXPORT_SPECS[name]
 
 
-def tile_align_of(net):
-    """The pixel grid tiles must stay on: ``tile_align`` or ``patch_size`` of the net (4 for MixDehazeNet), else 1."""
-    return int(getattr(net, 'tile_align', None) or getattr(net, 'patch_size', 1) or 1)
-
-
 class UnitRangeGraph(nn.Module):
     """What gets exported: ``net`` with [0, 1] image input/output whatever its ``data_range``.
 
@@ -120,7 +115,7 @@ def export_metadata(net, net_opt=None):
         'output': spec.output,
         'num_cond': int(getattr(net, 'num_cond', 0) or 0),
         'cond_dim': int(getattr(net, 'cond_dim', 0) or 0),
-        'tile_align': tile_align_of(net),
+        'tile_align': net_tile_align(net),
         'num_params': sum(p.numel() for p in net.parameters()),
         'network_g': dict(net_opt or {}),
         'mixcl_arch_version': __version__,
@@ -212,26 +207,30 @@ def read_onnx_metadata(path):
     return json.loads(props[METADATA_KEY])
 
 
-def resolve_backend(backend, device, amp=None):
+def resolve_backend(backend, device, amp=None, arch=None):
     """The inference backend to use: 'torch' or 'onnxruntime'.
 
     Args:
-        backend (str): 'torch', 'onnxruntime' or 'auto' (ONNX Runtime on CPU in float32 when the ``onnx`` extra is
-            installed: measured about 2x faster there, ``scripts/benchmark_backends.py``; torch otherwise).
+        backend (str): 'torch', 'onnxruntime' or 'auto': ONNX Runtime for an exportable arch on the CPU in float32
+            when the ``onnx`` extra is installed (measured 1.9-3.2x faster there, ``scripts/benchmark_backends.py``),
+            torch otherwise.
         device (torch.device): Where the network runs.
         amp (str | None): Requested autocast dtype; ONNX Runtime runs float32 only.
+        arch (str | None): The net's class name; None skips the exportability check.
 
     Raises:
-        ValueError: An unknown backend, or 'onnxruntime' with a CUDA device or autocast.
+        ValueError: An unknown backend, or 'onnxruntime' with a CUDA device, autocast or an arch without export.
     """
     if backend not in BACKENDS + ('auto', ):
         raise ValueError(f'backend must be one of {BACKENDS + ("auto", )}, got {backend!r}.')
+    exportable = arch is None or arch in EXPORT_SPECS
     if backend == 'auto':
         installed = all(importlib.util.find_spec(m) for m in ('onnx', 'onnxruntime', 'onnxscript'))
-        return 'onnxruntime' if installed and torch.device(device).type == 'cpu' and not amp else 'torch'
-    if backend == 'onnxruntime' and (torch.device(device).type != 'cpu' or amp):
-        raise ValueError(f'backend onnxruntime runs on the CPU in float32; got device {device} and amp {amp}. Use '
-                         '--backend torch for CUDA or --fp16/--bf16.')
+        cpu_fp32 = torch.device(device).type == 'cpu' and not amp
+        return 'onnxruntime' if installed and cpu_fp32 and exportable else 'torch'
+    if backend == 'onnxruntime' and (torch.device(device).type != 'cpu' or amp or not exportable):
+        raise ValueError(f'backend onnxruntime runs exportable archs ({sorted(EXPORT_SPECS)}) on the CPU in float32; '
+                         f'got {arch or "a net"} on device {device} with amp {amp}. Use --backend torch.')
     return backend
 
 

@@ -3,10 +3,13 @@
 A restorer maps a (B, 3, H, W) float tensor in [0, 1] to a tensor of the same shape in [0, 1] and has the attributes
 ``name`` (str), ``num_params`` (int) and ``net`` (``nn.Module`` or None). :func:`build_restorer` makes one:
 
-- ``'net'``: a trained network (MixCLDehazeNet, MixDehazeNet or any registered arch) from a checkpoint, built from
-  an options YAML's ``network_g`` or, for the MixDehazeNet family, inferred from the checkpoint's keys; CLIP
-  conditioning is computed online with :class:`mixcl_arch.clip.CLIPPrior`, with an explicit fallback when the CLIP
-  weights are missing; optional seamless tiling and mixed precision;
+- ``'net'``: a trained network (MixCLDehazeNet, MixDehazeNet, CLIPHazeNet or any registered arch) from a checkpoint,
+  built from an options YAML's ``network_g``, the checkpoint's record or, for the MixDehazeNet family, inferred from
+  the checkpoint's keys; CLIP conditioning is computed online: MixCLDehazeNet's vectors with
+  :class:`mixcl_arch.clip.CLIPPrior` (:class:`ConditionProvider`, with an explicit fallback when the CLIP weights are
+  missing), CLIPHazeNet's density map and image embedding with
+  :func:`mixcl_arch.clip.cliphaze_cond.compute_cliphaze_conditioning` (:class:`CLIPHazeConditionProvider`: CLIP, or
+  the DCP stand-in ``density_source: dcp``); optional seamless tiling and mixed precision;
 - ``'hazy'``: identity (the "do nothing" baseline);
 - ``'dcp'``: dark channel prior, ``mixcl_arch.baselines.dcp.DCPRestorer(**kwargs)``;
 - ``'dehazenet'``: ``mixcl_arch.baselines.dehazenet.DehazeNetRestorer(weights, device=device, **kwargs)``.
@@ -21,6 +24,7 @@ import os
 import warnings
 
 import torch
+from torch.nn import functional as F
 
 from mixcl_arch.utils.checkpoint import check_state_dict, extract_state_dict, infer_arch_from_state_dict, \
     load_checkpoint_file, read_checkpoint_meta
@@ -52,9 +56,12 @@ def run_net(net, x, cond=None, data_range='unit'):
     (always [0, 1] here: data pipeline, CLI, benchmarks) meets the net's ``data_range``.
 
     Args:
-        net (callable): The net, possibly wrapped (DDP, ``torch.compile``), called as ``net(x)`` or ``net(x, cond)``.
+        net (callable): The net, possibly wrapped (DDP, ``torch.compile``), called as ``net(x)``, ``net(x, cond)`` or
+            ``net(x, **cond)``.
         x (Tensor): (B, 3, H, W) images in [0, 1].
-        cond (Tensor | None): (B, K, E) conditioning; None for an unconditioned net.
+        cond (Tensor | dict | None): MixCLDehazeNet's (B, K, E) conditioning (second argument), a dict of keyword
+            inputs (CLIPHazeNet's ``density`` (B, 1, h, w) and ``embedding`` (B, E)), or None for an unconditioned
+            net.
         data_range (str): The bare net's ``data_range``: 'unit' (takes [0, 1]) or 'signed' (takes [-1, 1], the
             official MixDehazeNet convention: converted here on the way in and out).
 
@@ -63,8 +70,47 @@ def run_net(net, x, cond=None, data_range='unit'):
     """
     if data_range == 'signed':
         x = x * 2 - 1
-    y = net(x) if cond is None else net(x, cond)
+    if cond is None:
+        y = net(x)
+    else:
+        y = net(x, **cond) if isinstance(cond, dict) else net(x, cond)
     return (y.float() + 1) * 0.5 if data_range == 'signed' else y
+
+
+def cliphaze_inputs(net):
+    """The conditioning inputs a (bare) net takes as keywords: CLIPHazeNet's ``needs_density`` / ``needs_embedding``.
+
+    Returns:
+        tuple[str]: Some of ('density', 'embedding'); empty for every other net (and for ``cam: none``).
+    """
+    return tuple(key for key in ('density', 'embedding') if getattr(net, f'needs_{key}', False))
+
+
+def conditioned_tiled_forward(fn, x, cond, tile, overlap, align=1):
+    """:func:`~mixcl_arch.utils.tiling.tiled_forward` with conditioning computed once on the whole image.
+
+    Vectors (MixCLDehazeNet's (B, K, E) ``cond``, CLIPHazeNet's ``embedding``) go to every tile unchanged. A
+    ``density`` map (any resolution, e.g. the 1/8 map of a feature store) is first resized to the image as the net
+    resizes it (bilinear, ``align_corners=False``), stacked onto the image as a channel, and so tiled, padded and
+    cropped exactly like the image: each tile gets its own slice.
+
+    Args:
+        fn (callable): ``fn(tile, cond_of_the_tile)`` -> (B, 3, h, w).
+        x (Tensor): (B, 3, H, W) images.
+        cond (Tensor | dict | None): The whole image's conditioning (see :func:`run_net`).
+        tile, overlap, align: As :func:`~mixcl_arch.utils.tiling.tiled_forward` (tile None or 0: whole image).
+
+    Returns:
+        Tensor: (B, 3, H, W).
+    """
+    if not isinstance(cond, dict) or cond.get('density') is None:
+        return tiled_forward(lambda t: fn(t, cond), x, tile, overlap, align=align)
+    density = F.interpolate(cond['density'].float(), size=x.shape[-2:], mode='bilinear', align_corners=False,
+                            antialias=True)
+    channels = x.shape[1]
+    stacked = torch.cat([x, density.to(x.dtype)], dim=1)
+    return tiled_forward(lambda t: fn(t[:, :channels], dict(cond, density=t[:, channels:])), stacked, tile, overlap,
+                         align=align)
 
 
 def load_options(opt):
@@ -310,12 +356,90 @@ class ConditionProvider:
         return cond.float()
 
 
+def cliphaze_cond_options(opt):
+    """The ``cliphaze_cond:`` options of an options dict: the top-level section, else the first dataset's (as
+    ``scripts/extract_clip_features.py`` reads them); {} when there is none (the defaults)."""
+    if opt.get('cliphaze_cond') is not None:
+        return dict(opt['cliphaze_cond'])
+    for ds in (opt.get('datasets') or {}).values():
+        if isinstance(ds, dict) and ds.get('cliphaze_cond') is not None:
+            return dict(ds['cliphaze_cond'])
+    return {}
+
+
+class CLIPHazeConditionProvider:
+    """Computes CLIPHazeNet's conditioning of a batch online: its haze-density map and image embedding.
+
+    Both come from :func:`mixcl_arch.clip.cliphaze_cond.compute_cliphaze_conditioning` (see docs/cliphaze.md
+    "Conditioning"): the zero-shot CLIP map and CLIP embedding, or the stand-in of ``density_source: dcp`` (1 - t of
+    the dark channel prior and the oracle stand-in embedding: NOT CLIP, said in :attr:`notes`).
+
+    Args:
+        inputs (tuple[str]): What the net takes (:func:`cliphaze_inputs`): 'density' and / or 'embedding'.
+        cond_opt (dict | None): ``cliphaze_cond:`` options (:class:`~mixcl_arch.clip.cliphaze_cond.CLIPHazeCondConfig`).
+        clip_opt (dict | None): CLIPPrior options (the YAML ``clip:`` section), used when a needed input comes from
+            CLIP (``density_source: clip``, ``embedding_source: clip``); otherwise no CLIP model is loaded.
+        device (str | torch.device): Device of the CLIP model and of the returned tensors.
+
+    Raises:
+        ValueError: Bad ``cliphaze_cond`` options, or the stand-in embedding without ``standin_domain`` (images
+            given to a restorer carry no domain label).
+        RuntimeError: CLIP weights missing where CLIP is needed; the message says how to use the DCP stand-in.
+    """
+
+    def __init__(self, inputs, cond_opt=None, clip_opt=None, device='cpu'):
+        from mixcl_arch.clip.cliphaze_cond import CLIPHazeCondConfig
+        self.inputs = tuple(inputs)
+        self.cfg = cfg = CLIPHazeCondConfig.from_opt(cond_opt)
+        self.device = torch.device(device)
+        self.prior = None
+        density, embedding = 'density' in self.inputs, 'embedding' in self.inputs
+        if embedding and cfg.embedding_source == 'standin' and cfg.standin_domain is None:
+            raise ValueError('cliphaze_cond.embedding_source standin (the default of density_source: dcp) needs '
+                             'cliphaze_cond.standin_domain (--standin-domain in the CLI): the domain label whose '
+                             'stand-in vector the network was trained with, e.g. indoor or outdoor.')
+        if (density and cfg.density_source == 'clip') or (embedding and cfg.embedding_source == 'clip'):
+            from mixcl_arch.clip import CLIPPrior, CLIPWeightsError
+            prior_opt = {k: v for k, v in (clip_opt or {}).items() if k not in COND_OPTION_KEYS}
+            try:
+                self.prior = CLIPPrior.from_opt(dict(prior_opt, device=str(self.device)))
+            except CLIPWeightsError as err:
+                raise RuntimeError(
+                    f'CLIP weights are missing, so CLIPHazeNet\'s conditioning cannot be computed: {err}\nSet '
+                    '`clip.pretrained` in the --opt YAML or --clip-pretrained FILE, or use the offline stand-in '
+                    '(NOT CLIP; right for a network trained with it): cliphaze_cond.density_source: dcp, or '
+                    '--density-source dcp --standin-domain <domain> in the CLI.') from err
+        parts = []
+        if density:
+            parts.append('density ' + ('CLIP zero-shot' if cfg.density_source == 'clip' else 'DCP 1 - t'))
+        if embedding:
+            parts.append(f'embedding {cfg.embedding_source}'
+                         + (f' ({cfg.standin_domain})' if cfg.embedding_source == 'standin' else ''))
+        self.source = 'cliphaze: ' + ', '.join(parts)
+        self.notes = []
+        if (density and cfg.density_source == 'dcp') or (embedding and cfg.embedding_source == 'standin'):
+            self.notes.append(f'CLIPHazeNet conditioning from the offline stand-in, NOT CLIP ({self.source}).')
+
+    @torch.no_grad()
+    def __call__(self, x):
+        """(B, 3, H, W) in [0, 1] -> {'density': (B, 1, H, W), 'embedding': (B, E)}: the inputs the net takes,
+        float32 on ``x``'s device."""
+        from mixcl_arch.clip.cliphaze_cond import compute_cliphaze_conditioning, compute_density
+        x = x.float().clamp(0, 1)
+        if 'embedding' not in self.inputs:  # density_only: no embedding (and no stand-in domain) needed
+            return {'density': compute_density(self.prior, x, self.cfg)}
+        density, embedding = compute_cliphaze_conditioning(self.prior, x, self.cfg)
+        out = {'density': density, 'embedding': embedding}  # embedding_only drops the density (cheap for dcp)
+        return {k: out[k] for k in self.inputs}
+
+
 class NetRestorer:
     """A trained network as a restorer; see :func:`build_restorer` for the arguments.
 
     Attributes:
         net (nn.Module): The network (eval mode, on ``device``).
-        cond (ConditionProvider | None): Conditioning source, None for unconditioned nets.
+        cond (ConditionProvider | CLIPHazeConditionProvider | None): Conditioning source, None for unconditioned
+            nets.
         notes (list[str]): Messages for the user (fallbacks in use).
     """
 
@@ -339,6 +463,9 @@ class NetRestorer:
         self.notes = list(cond.notes) if cond is not None else []
         if self.num_cond > 0 and cond is None:
             raise ValueError(f'{self.name} takes {self.num_cond} conditioning vectors; a ConditionProvider is needed.')
+        if cliphaze_inputs(net) and cond is None:
+            raise ValueError(f'{self.name} takes {" and ".join(cliphaze_inputs(net))}; a CLIPHazeConditionProvider is '
+                             'needed.')
 
     def _forward(self, x, cond):
         amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
@@ -360,9 +487,9 @@ class NetRestorer:
             raise ValueError(f'Restorer input must be (B, 3, H, W), got {tuple(x.shape)}.')
         src_device = x.device
         x = x.to(self.device, torch.float32)
-        # conditioning comes from the whole image once, so every tile shares it
-        cond = self.cond(x) if self.num_cond > 0 else None
-        out = tiled_forward(lambda t: self._forward(t, cond), x, self.tile, self.tile_overlap, align=self.tile_align)
+        # conditioning comes from the whole image once; every tile shares the vectors and gets its part of a map
+        cond = self.cond(x) if self.cond is not None else None
+        out = conditioned_tiled_forward(self._forward, x, cond, self.tile, self.tile_overlap, self.tile_align)
         return out.clamp_(0, 1).to(src_device)
 
 
@@ -400,6 +527,10 @@ def build_restorer(method, weights=None, opt=None, device='cpu', param_text=None
               missing. Default: the YAML's ``clip.cond_fallback``, else 'error'.
             - ``feature_store`` (str): file with per-domain text features for a domain fallback (default: the
               YAML's ``clip.feature_store`` or the first dataset's ``feature_store``).
+            - ``cliphaze_cond`` (dict): CLIPHazeNet: overrides of the YAML's ``cliphaze_cond:`` options (top level,
+              else the first dataset's), e.g. ``{'density_source': 'dcp', 'standin_domain': 'indoor'}``; the
+              density map and the embedding are computed on the whole image (:class:`CLIPHazeConditionProvider`),
+              CLIP from ``clip``.
             - ``tile`` (int | None), ``tile_overlap`` (int, default 32): tiled inference; ``tile_align`` (int):
               tile grid, default the net's ``tile_align`` or ``patch_size`` attribute (4 for MixDehazeNet), else 1.
             - ``amp`` (None | 'fp16' | 'bf16'): autocast dtype.
@@ -410,7 +541,8 @@ def build_restorer(method, weights=None, opt=None, device='cpu', param_text=None
         ``net``.
 
     Raises:
-        ValueError: Unknown method or bad options. RuntimeError: CLIP weights missing with no fallback.
+        ValueError: Unknown method or bad options. RuntimeError: CLIP weights missing with no fallback (CLIPHazeNet:
+            with CLIP conditioning).
         ImportError: A baseline module that is not available.
     """
     if method not in METHODS:
@@ -434,8 +566,8 @@ def build_restorer(method, weights=None, opt=None, device='cpu', param_text=None
     if method == 'dehazenet':
         return _lazy_baseline('dehazenet')(weights, device=str(device), **kwargs)
 
-    allowed = {'param_key', 'clip', 'cond_mode', 'cond_extra', 'cond_fallback', 'feature_store', 'tile', 'tile_overlap',
-               'tile_align', 'amp', 'strict', 'allow_unsafe_pickle'}
+    allowed = {'param_key', 'clip', 'cond_mode', 'cond_extra', 'cond_fallback', 'feature_store', 'cliphaze_cond', 'tile',
+               'tile_overlap', 'tile_align', 'amp', 'strict', 'allow_unsafe_pickle'}
     unknown = set(kwargs) - allowed
     if unknown:
         raise ValueError(f"Unknown options for method 'net': {sorted(unknown)}; allowed: {sorted(allowed)}.")
@@ -446,9 +578,13 @@ def build_restorer(method, weights=None, opt=None, device='cpu', param_text=None
     net, net_opt = build_net_from_checkpoint(weights, opt, kwargs.get('param_key'), kwargs.get('strict'), unsafe)
     cond = None
     num_cond = int(getattr(net, 'num_cond', 0) or 0)
-    if num_cond > 0:
-        clip_opt = dict(opt.get('clip') or {})
-        clip_opt.update(kwargs.get('clip') or {})
+    clip_opt = dict(opt.get('clip') or {})
+    clip_opt.update(kwargs.get('clip') or {})
+    if cliphaze_inputs(net):
+        cond_opt = cliphaze_cond_options(opt)
+        cond_opt.update(kwargs.get('cliphaze_cond') or {})
+        cond = CLIPHazeConditionProvider(cliphaze_inputs(net), cond_opt, clip_opt, device)
+    elif num_cond > 0:
         cond_mode = kwargs.get('cond_mode') or _cond_setting(opt, 'cond_mode') or 'hard'
         cond_extra = kwargs.get('cond_extra')
         if cond_extra is None:

@@ -11,7 +11,7 @@ from _train_helpers import make_pair_dataset, run_entry, tiny_train_opt, validat
 
 @pytest.mark.skipif(shutil.which('torchrun') is None and not os.path.exists(
     os.path.join(os.path.dirname(sys.executable), 'torchrun')), reason='torchrun is part of torch; not on PATH')
-@pytest.mark.parametrize('net_type', ['MixDehazeNet', 'MixCLDehazeNet'])
+@pytest.mark.parametrize('net_type', ['MixDehazeNet', 'MixCLDehazeNet', 'CLIPHazeNet'])
 def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, net_type):
     make_pair_dataset(str(tmp_path / 'datasets' / 'tiny'), n_train=8)
     net = None
@@ -20,10 +20,16 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, net_typ
         # never get a gradient, which DDP must tolerate
         from _clip_helpers import make_tiny_clip, tiny_clip_opt
         net = dict(type='MixCLDehazeNet', embed_dims=[8, 16, 16, 16, 8], depths=[1] * 5, data_range='unit')
+    if net_type == 'CLIPHazeNet':
+        # density map and embedding computed online by each rank (the datasets have no store): the DCP stand-in
+        net = dict(type='CLIPHazeNet', width=4, depths=[1, 1, 1], bottleneck_depth=1, d_state=4, film_hidden=8,
+                   data_range='unit')
     opt = tiny_train_opt(os.path.join('datasets', 'tiny'), name='tiny_ddp', total_iter=3, periods=3, save_freq=3,
                          val_freq=3, net=net)
     if net is not None:
         opt['clip'] = tiny_clip_opt(make_tiny_clip(tmp_path / 'tiny_clip.pt'))
+    if net_type == 'CLIPHazeNet':
+        opt['cliphaze_cond'] = dict(density_source='dcp', standin_domain='outdoor')
     opt['model_type'] = 'StateDumpDehazeModel'  # also writes every rank's final weights (rank<r>.pth)
     yml = write_yaml(opt, tmp_path / 'ddp.yml')
     script = write_dump_entry(tmp_path)

@@ -48,6 +48,8 @@ SKIP = {
     ('README.md', 'bash scripts/demo.sh'):
         TRAINS + ' (300 iterations); tests/test_demo.py runs it shortened (DEMO_ITERS)',
     ('README.md', 'pip install torch torchvision'): INSTALL,
+    ('README.md', 'python -m basicsr.train -opt options/train/train_MixCLDehazeNet_T_demo.yml'):
+        'needs the demo data (scripts/demo.sh) and a BasicSR checkout; tests/test_basicsr_hook.py runs each form',
     ('README.md', 'python -m mixcl_arch.dehaze -i my_photos/ -o dehazed/ --weights net_g.pth \\'): WEIGHTS,
     ('README.md', 'python scripts/extract_clip_features.py -opt options/train/train_MixCLDehazeNet_S_RESIDE6K.yml'):
         DATASET + '; ' + CLIP,

@@ -205,8 +205,10 @@ def test_backend_auto_picks_onnxruntime_only_for_float32_cpu(monkeypatch):
     assert export.resolve_backend('auto', torch.device('cpu'), amp='bf16') == 'torch'
     assert export.resolve_backend('auto', torch.device('cuda')) == 'torch'
     assert export.resolve_backend('torch', torch.device('cpu')) == 'torch'
-    with pytest.raises(ValueError, match='runs on the CPU in float32'):
-        export.resolve_backend('onnxruntime', torch.device('cuda'))
+    assert export.resolve_backend('auto', torch.device('cpu'), arch='CLIPHazeNet') == 'torch'  # not exportable
+    for bad in [dict(device=torch.device('cuda')), dict(device=torch.device('cpu'), arch='CLIPHazeNet')]:
+        with pytest.raises(ValueError, match='on the CPU in float32'):
+            export.resolve_backend('onnxruntime', **bad)
     with pytest.raises(ValueError, match="got 'tensorrt'"):
         export.resolve_backend('tensorrt', torch.device('cpu'))
     find_spec = importlib.util.find_spec

@@ -442,3 +442,170 @@ def test_make_haze_pairs_refuses_a_bomb_before_decoding(tmp_path, imdecode_spy):
         _script('make_haze_pairs').main(['--input', str(tmp_path / 'photos'), '--output', str(tmp_path / 'ds'),
                                           '--domain', 'outdoor'])
     assert not seen
+
+
+# ------------------------------------------------------- every writer goes through the manifest (remaining gaps)
+def _standin_extract(tmp_path, out, *extra):
+    """extract_clip_features.py on a one-image folder, by the stand-in route (DCP density, no CLIP weights)."""
+    _png(tmp_path / 'hazy' / 'a.png', 1, (24, 24))
+    return _script('extract_clip_features').main([
+        '--dataroot', str(tmp_path / 'hazy'), '--out', str(out), '--density', '--density-source', 'dcp',
+        '--standin-domain', 'outdoor', '--dcp-param', 'patch_radius=2', '--num-workers', '0', '--quiet', *extra])
+
+
+def test_extract_clip_features_overwrite_replaces_only_its_own_store(tmp_path, capsys):
+    from mixcl_arch.clip import FeatureStore
+    from mixcl_arch.utils.output_guard import OutputManifest
+    users = tmp_path / 'users.pt'
+    users.write_bytes(b'a file of the user that happens to have the store name')
+    with pytest.raises(FileExistsError, match='not written by extract_clip_features'):
+        _standin_extract(tmp_path, users, '--overwrite')
+    assert users.read_bytes() == b'a file of the user that happens to have the store name'
+
+    out = tmp_path / 'store.pt'
+    assert _standin_extract(tmp_path, out) == 0
+    assert OutputManifest(tmp_path, 'extract_clip_features').owns(out) and 'a' in FeatureStore.load(str(out))
+    assert _standin_extract(tmp_path, out) == 0  # resume: nothing new, the store stays its own
+    assert _standin_extract(tmp_path, out, '--overwrite') == 0  # its own store is replaced
+    os.utime(out, ns=(1, 1))  # "changed since": no longer the file the tool recorded
+    with pytest.raises(FileExistsError, match='changed since'):
+        _standin_extract(tmp_path, out, '--overwrite')
+    capsys.readouterr()
+
+
+def _bench_set(root, n=2):
+    for i in range(n):
+        for sub in ('hazy', 'GT'):
+            _png(root / sub / f'img{i}.png', i, (16, 16))
+
+
+def test_benchmark_quality_never_replaces_a_foreign_output(tmp_path, capsys):
+    bench = _script('benchmark_quality')
+    data, out = tmp_path / 'test', tmp_path / 'bench'
+    _bench_set(data)
+    base = ['--data', str(data), '--out', str(out), '--method', 'name=Hazy,method=hazy', '--quiet']
+    out.mkdir()
+    theirs = 'image,gt,domain,method,psnr,ssim,time_ms,height,width,config\nx.png,x.png,,Other,30,0.9,1,8,8,abc\n'
+    (out / 'results.csv').write_text(theirs)  # a results file of the user's, with this script's columns
+    for extra in ([], ['--no-resume']):
+        with pytest.raises(FileExistsError, match='not written by benchmark_quality'):
+            bench.main(base + extra)
+        assert (out / 'results.csv').read_text() == theirs and not (out / 'summary.md').exists()
+    os.remove(out / 'results.csv')
+
+    bench.main(base + ['--save-images', '--figure', '1'])
+    written = ['results.csv', 'summary.csv', 'summary.md', 'figure.png', 'images/Hazy/img0.png']
+    assert all((out / name).is_file() for name in written)
+    bench.main(base + ['--save-images', '--figure', '1', '--no-resume'])  # its own outputs are replaced
+    for name in written[1:]:
+        kept = (out / name).read_bytes()
+        (out / name).write_bytes(kept + b' ')  # edited by hand since: not the tool's any more
+        args = base + (['--save-images', '--no-resume'] if name.startswith('images') else ['--figure', '1'])
+        with pytest.raises(FileExistsError, match=f'changed since.*{os.path.basename(name)}'):
+            bench.main(args)
+        assert (out / name).read_bytes() == kept + b' '
+        (out / name).write_bytes(kept)
+        os.remove(out / name)
+    capsys.readouterr()
+
+
+def test_make_haze_pairs_index_existing_never_replaces_a_foreign_meta_csv(tmp_path, capsys):
+    mhp = _script('make_haze_pairs')
+    split = tmp_path / 'ITS' / 'train'
+    _png(split / 'GT' / '1.png', 1)
+    _png(split / 'hazy' / '1_1_0.9.png', 2)
+    shipped = 'hazy,gt\n1_1_0.9.png,1.png\n'
+    (split / 'meta.csv').write_text(shipped)  # the pair list the dataset came with
+    args = ['--index-existing', str(split), '--domain', 'indoor']
+    for extra in ([], ['--overwrite']):
+        with pytest.raises(FileExistsError, match='never replaced'):
+            mhp.main(args + extra)
+        assert (split / 'meta.csv').read_text() == shipped
+    os.remove(split / 'meta.csv')
+    mhp.main(args)
+    with pytest.raises(FileExistsError, match='--overwrite'):
+        mhp.main(args)
+    mhp.main(args + ['--domain', 'outdoor', '--overwrite'])  # its own meta.csv is replaced
+    assert read_pair_csv(str(split / 'meta.csv'))[0]['domain'] == 'outdoor'
+    with pytest.raises(ValueError, match='same path'):  # the domain CSV it reads is never its output
+        mhp.main(args + ['--domain-csv', str(split / 'meta.csv'), '--csv-file-col', 'hazy', '--overwrite'])
+    capsys.readouterr()
+
+
+# ------------------------------------------------------ the pixel limit guards every decoder (remaining gaps)
+def test_imread_rgb_refuses_a_bomb_before_decoding(tmp_path, imdecode_spy):
+    from mixcl_arch.utils.haze import imread_rgb
+    seen, _ = imdecode_spy
+    (tmp_path / 'bomb.png').write_bytes(bomb_png())
+    with pytest.raises(ValueError, match='bomb.png.*exceeds'):
+        imread_rgb(str(tmp_path / 'bomb.png'))
+    assert not seen
+    _png(tmp_path / 'ok.png', 1, (5, 7))
+    assert imread_rgb(str(tmp_path / 'ok.png'), max_pixels=35).shape == (5, 7, 3)
+    with pytest.raises(ValueError, match='exceeds'):
+        imread_rgb(str(tmp_path / 'ok.png'), max_pixels=34)
+
+
+def test_benchmark_quality_refuses_a_bomb_before_decoding(tmp_path, imdecode_spy):
+    seen, _ = imdecode_spy
+    data = tmp_path / 'test'
+    _bench_set(data, 1)
+    (data / 'hazy' / 'img0.png').write_bytes(bomb_png())
+    with pytest.raises(ValueError, match='img0.png.*exceeds'):
+        _script('benchmark_quality').main(['--data', str(data), '--out', str(tmp_path / 'bench'), '--method',
+                                           'name=Hazy,method=hazy', '--quiet', '--figure', '0'])
+    assert bomb_png() not in seen
+
+
+def test_transmission_patch_dataset_decodes_through_the_checked_decoder(tmp_path, monkeypatch, imdecode_spy):
+    import mixcl_arch.utils.image_io as image_io
+    from mixcl_arch.data.transmission_patch_dataset import TransmissionPatchDataset
+    seen, _ = imdecode_spy
+    big = _png(tmp_path / 'clean' / 'a.png', 1, (40, 40))
+    opt = dict(dataroot_gt=str(tmp_path / 'clean'), io_backend=dict(type='disk'), phase='train', patch_size=16)
+    monkeypatch.setattr(image_io, 'DEFAULT_MAX_PIXELS', 1599)  # MIXCL_MAX_PIXELS=1599 at import
+    with pytest.raises(IOError, match='a.png: 40x40 .* exceeds'):
+        TransmissionPatchDataset(opt)
+    assert big not in seen
+    monkeypatch.setattr(image_io, 'DEFAULT_MAX_PIXELS', 1600)
+    np.random.seed(0)
+    item = TransmissionPatchDataset(dict(opt, use_hflip=False))[0]
+    rgb = cv2.imread(str(tmp_path / 'clean' / 'a.png'))[..., ::-1].astype(np.float32) / 255
+    patch = item['clear'].permute(1, 2, 0).numpy()
+    # the clear patch is an RGB crop of the image (the decoder's channel order is kept)
+    assert any(np.allclose(patch, rgb[i:i + 16, j:j + 16]) for i in range(25) for j in range(25))
+
+
+# ------------------------------------------------------------------------------ the opt-ins are documented
+def test_docs_explain_every_code_running_opt_in():
+    """docs/inference.md and docs/training.md name each opt-in that lets a file run code, in its section, with the
+    danger spelled out; and each documented name is a real option (a renamed flag fails here, not in a user's run)."""
+    from mixcl_arch.clip.prior import PRIOR_OPTION_KEYS
+    from mixcl_arch.dehaze import parse_args
+    from mixcl_arch.utils.checkpoint import SAVE_FORMATS
+
+    def section(doc, title):
+        with open(os.path.join(ROOT, 'docs', doc), encoding='utf-8') as f:
+            text = f.read()
+        start = text.index(f'## {title}')
+        end = text.find('\n## ', start + 1)
+        return text[start:end if end > 0 else len(text)]
+
+    loading = section('inference.md', 'Loading safety')
+    for flag, yaml_key in (('--allow-unsafe-pickle', 'path.allow_unsafe_pickle'),
+                           ('--clip-torchscript', 'clip.torchscript')):
+        assert f'**`{flag}`** (YAML: `{yaml_key}: true`)' in loading
+        assert flag in section('inference.md', 'Options')
+    assert loading.count('execute code') + loading.count('run any command') >= 2
+    args = parse_args(['-i', 'x', '-o', 'y', '--weights', 'w.pth', '--allow-unsafe-pickle', '--clip-torchscript'])
+    assert args.allow_unsafe_pickle and args.clip_torchscript
+
+    keys = section('training.md', "Keys added to BasicSR's options")
+    assert '| `path.save_format` | ' + ', '.join(f'`{f}`' + (' (default)' if f == 'pth' else '')
+                                               for f in SAVE_FORMATS) + ' |' in keys
+    for key in ('path.allow_unsafe_pickle', 'clip.torchscript'):
+        assert f'| `{key}` | `false` (default), `true` | **dangerous** opt-in' in keys
+    safety = section('training.md', 'Safety')
+    assert all(k in safety for k in ('path.allow_unsafe_pickle: true', 'clip.torchscript: true',
+                                     'path.save_format:'))
+    assert 'torchscript' in PRIOR_OPTION_KEYS

@@ -412,6 +412,10 @@ class CLIPHazeNet(nn.Module):
         self.cfg = cfg
         self.data_range = cfg.data_range
         self.pad_multiple = cfg.window_size * 2**NUM_LEVELS
+        # tiled inference keeps tiles on the window grid of levels 1-2 (mixcl_arch.utils.tiling.net_tile_align): tiles
+        # then match the whole image far better than at any offset; the full pad_multiple would let the CLI's default
+        # 32 px overlap shrink to nothing
+        self.tile_align = 2 * cfg.window_size
         dims = [cfg.width * 2**i for i in range(NUM_LEVELS + 1)]
         self.stem = nn.Conv2d(3, dims[0], 3, padding=1)
         self.encoders = nn.ModuleList([HybridStage(dims[i], cfg.depths[i], cfg) for i in range(NUM_LEVELS)])

@@ -3,8 +3,9 @@
 The reference (github DanielHo-BS/MixCLDehazeNet, ``models/MixDehazeNet.py`` and its history) tried, in order:
 ``TextEmb`` (a linear map of the text added to the patch embedding), the parameter-free CALIP attention
 (``CrossModalAttention`` / ``CrossModalAttention2``), ``ParametricAttention`` (linear layers on the whole image) and
-``ParametricAttention2`` (1x1 projections, the final model: :class:`~mixcl_arch.archs.mixdehazenet_arch.CLIPTextFusion`),
-first added to the image (F_s + F_s'), finally concatenated with it. Each module below returns only the image-side
+``ParametricAttention2`` (1x1 projections, the final model:
+:class:`~mixcl_arch.archs.mixdehazenet_arch.CLIPTextFusion`), first added to the image (F_s + F_s'), finally
+concatenated with it. Each module below returns only the image-side
 update F_s'; :class:`~mixcl_arch.archs.mixdehazenet_arch.MixCLDehazeNet` adds or concatenates it (``combine``). The
 text-side update F_t' never reaches the dehazing backbone in the reference, so it is not computed here.
 """
@@ -113,7 +114,7 @@ class LinearParametricFusion(nn.Module):
     weight is 1 and the update does not depend on the image). postProj_s maps that back to ``out_chans`` x ``size``^2,
     resized (bilinear) to the input size.
 
-    Lean: the reference's k1, v1, q2 and postProj_t (3 x 100,663,808 + 2 x 262,656 parameters at 256 / 512) only feed
+    Lean: the reference's k1, v1, q2 and postProj_t (201,852,928 parameters at 256 / 512, half the module) only feed
     the text-side update, which the backbone never uses, so they are not built; keys of the rest are the reference's.
     What remains cannot shrink: q1 and postProj_s are dense ``text_dim`` x (C * size^2) matrices.
 

@@ -5,11 +5,16 @@ Differences from :class:`basicsr.models.sr_model.SRModel`, and only those:
 - conditioning: the batch's ``cond`` (B, K, E) or ``text`` (B, E) is fed to ``net_g`` when ``net_g.num_cond > 0``;
   a batch without it (user images, a dataset without feature store) gets it online from a frozen CLIP prior built
   once from the YAML ``clip:`` section (a plain attribute: never in DDP, the optimizer or a checkpoint), or from
-  ``clip.cond_fallback`` when the CLIP weights are missing. Unconditioned nets (MixDehazeNet, AODNet) get ``net(lq)``;
+  ``clip.cond_fallback`` when the CLIP weights are missing. CLIPHazeNet (which this model also trains until a
+  general dehazing model exists) gets the batch's ``density`` (B, 1, h, w) and ``embedding`` (B, E) as keywords,
+  those it takes (``needs_density`` / ``needs_embedding``); a batch without them gets them online from the
+  ``cliphaze_cond:`` options (:class:`mixcl_arch.restorers.CLIPHazeConditionProvider`: CLIP, or the DCP stand-in).
+  Unconditioned nets (MixDehazeNet, AODNet, CLIPHazeNet with ``cam: none``) get ``net(lq)``;
 - data range: the data pipeline delivers [0, 1] images and the model feeds every net in the range it declares
   (``network_g.data_range``; a 'signed' net, the default of MixDehazeNet / MixCLDehazeNet, gets [-1, 1] and its
   output is mapped back), so losses, metrics and saved images are right with or without the key;
-- ``val.tile`` (HAT's ``tile_size`` / ``tile_pad``): tiled validation and test, blended like the CLI;
+- ``val.tile`` (HAT's ``tile_size`` / ``tile_pad``): tiled validation and test, blended like the CLI (a density map
+  is sliced with each tile);
 - losses: ``pixel_opt`` (L1) and ``perceptual_opt`` as SRModel, plus ``cr_opt`` (contrastive regularisation with the
   hazy input as negative, key ``l_cr``);
 - ``train.amp: bf16 | fp16 | ~`` (fp16 uses ``torch.amp.GradScaler``, whose state is saved in the training state),
@@ -42,11 +47,11 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 from tqdm import tqdm
 
-from mixcl_arch.restorers import run_net
+from mixcl_arch.restorers import cliphaze_cond_options, cliphaze_inputs, conditioned_tiled_forward, run_net
 from mixcl_arch.utils.checkpoint import SAVE_FORMATS, load_network_weights, network_meta, save_weights_file
 from mixcl_arch.utils.file_io import atomic_imwrite, atomic_torch_save, atomic_write_text
 from mixcl_arch.utils.options import OptionError, TileOptions
-from mixcl_arch.utils.tiling import hat_tile_args, net_tile_align, tiled_forward
+from mixcl_arch.utils.tiling import hat_tile_args, net_tile_align
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 COND_OPTION_KEYS = ('cond_fallback', 'feature_store', 'cond_mode', 'cond_extra')
@@ -78,10 +83,13 @@ class MixCLDehazeModel(SRModel):
             ``cond_extra`` (list), ``cond_fallback`` (None/'error' | 'none' | a domain name | ``{domain: name}``)
             and ``feature_store`` (file with per-domain text features, for a domain fallback). ``cond_mode``,
             ``cond_extra`` and ``feature_store`` default to the first dataset that sets them.
+        cliphaze_cond (dict): CLIPHazeNet's conditioning options for batches without ``density`` / ``embedding``
+            (:class:`mixcl_arch.clip.cliphaze_cond.CLIPHazeCondConfig`; default: the first dataset's).
     """
 
     def __init__(self, opt):
         self._cond_provider = None
+        self._cliphaze_provider = None
         self.cond = None
         train_opt = opt.get('train') or {}
         amp = train_opt.get('amp') if opt.get('is_train') else None
@@ -233,14 +241,34 @@ class MixCLDehazeModel(SRModel):
             logger.info(f'Online conditioning for batches without it: {self._cond_provider.source}.')
         return self._cond_provider
 
+    def _cliphaze_condition_provider(self):
+        """CLIPHazeNet's online conditioning, built once on first use (only batches without it need it)."""
+        if self._cliphaze_provider is None:
+            from mixcl_arch.restorers import CLIPHazeConditionProvider
+            self._cliphaze_provider = CLIPHazeConditionProvider(
+                cliphaze_inputs(self._bare_net()), cliphaze_cond_options(self.opt), self.opt.get('clip'), self.device)
+            logger = get_root_logger()
+            for note in self._cliphaze_provider.notes:
+                logger.warning(note)
+            logger.info(f'Online conditioning for batches without it: {self._cliphaze_provider.source}.')
+        return self._cliphaze_provider
+
     def feed_data(self, data):
-        """Takes 'lq', optional 'gt', and the conditioning 'cond' (B, K, E) or 'text' (B, E) when the net needs it."""
+        """Takes 'lq', optional 'gt', and the conditioning the net needs: 'cond' (B, K, E) or 'text' (B, E) for
+        MixCLDehazeNet, 'density' (B, 1, h, w) and / or 'embedding' (B, E) for CLIPHazeNet (online when absent)."""
         self.lq = data['lq'].to(self.device)
         if 'gt' in data:
             self.gt = data['gt'].to(self.device)
         elif hasattr(self, 'gt'):
             del self.gt
         self.cond = None
+        inputs = cliphaze_inputs(self._bare_net())
+        if inputs:
+            cond = {k: data[k] for k in inputs if data.get(k) is not None}
+            if len(cond) < len(inputs):
+                cond = dict(self._cliphaze_condition_provider()(self.lq), **cond)  # the batch's own values win
+            self.cond = {k: v.to(self.device, torch.float32) for k, v in cond.items()}
+            return
         if self.num_cond == 0:
             return
         if data.get('cond') is not None:
@@ -255,11 +283,12 @@ class MixCLDehazeModel(SRModel):
                              'network_g.num_cond.')
         self.cond = cond.to(self.device, torch.float32)
 
-    def _run(self, net, lq):
-        """``net`` on [0, 1] images ``lq`` with the batch's conditioning -> [0, 1] output, whatever the net's
-        ``data_range`` (the data pipeline always delivers [0, 1]; :func:`mixcl_arch.restorers.run_net` converts)."""
+    def _run(self, net, lq, cond=None):
+        """``net`` on [0, 1] images ``lq`` with conditioning ``cond`` (default: the batch's) -> [0, 1] output, whatever
+        the net's ``data_range`` (the data pipeline always delivers [0, 1]; :func:`mixcl_arch.restorers.run_net`
+        converts)."""
         data_range = getattr(self._bare_net(), 'data_range', 'unit')
-        return run_net(net, lq, self.cond if self.num_cond else None, data_range)
+        return run_net(net, lq, self.cond if cond is None else cond, data_range)
 
     # -------------------------------------------------------------------------------------------------- training
     def optimize_parameters(self, current_iter):
@@ -304,8 +333,9 @@ class MixCLDehazeModel(SRModel):
 
         With ``val.tile`` (``tile_size``, ``tile_pad``; HAT's top-level ``tile`` works too) the image is processed as
         tiles of ``tile_size`` with ``tile_pad`` pixels of context on every side, blended seamlessly on the net's grid
-        as the CLI does (:func:`mixcl_arch.utils.tiling.tiled_forward`); the conditioning, computed once from the
-        whole image, goes to every tile. Validation in training and test.py both come here.
+        as the CLI does (:func:`mixcl_arch.restorers.conditioned_tiled_forward`); the conditioning, computed once from
+        the whole image, goes to every tile (a density map: its slice). Validation in training and test.py both come
+        here.
         """
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self._bare_net()
         was_training = net.training
@@ -315,8 +345,8 @@ class MixCLDehazeModel(SRModel):
                 self.output = self._run(net, self.lq)
             else:
                 tile, overlap = hat_tile_args(self.tile_opt.tile_size, self.tile_opt.tile_pad)
-                self.output = tiled_forward(lambda t: self._run(net, t), self.lq, tile, overlap,
-                                            align=net_tile_align(net))
+                self.output = conditioned_tiled_forward(lambda t, c: self._run(net, t, c), self.lq, self.cond, tile,
+                                                        overlap, net_tile_align(net))
         if was_training:
             net.train()
 

@@ -20,6 +20,11 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2
 def _net_inputs(net, size, device, dtype):
     b, c, h, w = size
     x = torch.rand(b, c, h, w, device=device, dtype=dtype)
+    if getattr(net, 'needs_density', False) or getattr(net, 'needs_embedding', False):
+        # CLIPHazeNet: a density map at the feature store's 1/8 and an image embedding
+        density = torch.rand(b, 1, max(h // 8, 1), max(w // 8, 1), device=device, dtype=dtype)
+        embedding = torch.randn(b, net.cfg.embed_dim, device=device, dtype=dtype)
+        return (x, density if net.needs_density else None, embedding if net.needs_embedding else None)
     num_cond = int(getattr(net, 'num_cond', 0) or 0)
     if num_cond == 0:
         return (x, )
@@ -69,7 +74,8 @@ def count_macs(net, input_size=(1, 3, 256, 256), method='flop_counter', device=N
     """MACs of one forward pass of ``net`` on a random input of ``input_size``.
 
     Nets with ``num_cond > 0`` get a random (B, num_cond, cond_dim) conditioning stack as second argument (the
-    conditioning MACs are counted; the CLIP encoder that produces it in practice is not).
+    conditioning MACs are counted; the CLIP encoder that produces it in practice is not). CLIPHazeNet gets a random
+    density map at 1/8 of the input and image embedding, those it takes.
 
     Args:
         net (nn.Module): The network (its train/eval mode is restored afterwards; it runs in eval mode).

@@ -138,8 +138,9 @@ def main(argv=None):
                 row['explicit_over_plain'] = round(row['explicit']['peak_mib'] / max(row['plain']['peak_mib'], 1e-6), 3)
                 row['out_mean_diff_lean_vs_explicit'] = abs(row['lean']['out_mean'] - row['explicit']['out_mean'])
         results.append(row)
-    print(json.dumps({'device': args.device, 'model': f'MixCLDehazeNet-{args.variant}', 'batch': args.batch,
-                      'results': results}, indent=1))
+    result = {'device': args.device, 'model': f'MixCLDehazeNet-{args.variant}', 'batch': args.batch, 'results': results}
+    print(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == '__main__':

@@ -73,6 +73,15 @@ def test_benchmark_fusion_memory_check_lean_equals_explicit_attention(capsys):
         assert row['attention_matrix_mib'] == round(2 * row['size']**2 * 512 * 4 / 2**20, 1)
 
 
+def test_benchmark_fusion_memory_check_sees_a_different_fusion(monkeypatch):
+    """The comparison is not vacuous: an explicit fusion at another softmax temperature is reported as different."""
+    module = load_script('benchmark_fusion_memory')
+    original = module.explicit_fusion_forward
+    monkeypatch.setattr(module, 'explicit_fusion_forward', lambda self, x, text: original(self, x, 4 * text))
+    row = module.check(20, 'T', 'cpu', 1)
+    assert row['max_abs_diff_lean_vs_explicit'] > 1e3 * torch.finfo(torch.float32).eps * row['output_abs_max'], row
+
+
 def test_explicit_attention_matrix_size_quoted_in_the_docs():
     """README/speed.md quote 2 GiB per float32 copy of the (H*W) x 512 matrix at 1024^2: the script computes it."""
     assert load_script('benchmark_fusion_memory').attention_matrix_mib(1024, 1) == 2048.0

@@ -26,7 +26,7 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, net_typ
                    data_range='unit')
     opt = tiny_train_opt(os.path.join('datasets', 'tiny'), name='tiny_ddp', total_iter=3, periods=3, save_freq=3,
                          val_freq=3, net=net)
-    if net is not None:
+    if net_type == 'MixCLDehazeNet':
         opt['clip'] = tiny_clip_opt(make_tiny_clip(tmp_path / 'tiny_clip.pt'))
     if net_type == 'CLIPHazeNet':
         opt['cliphaze_cond'] = dict(density_source='dcp', standin_domain='outdoor')

@@ -69,6 +69,11 @@ SKIP = {
     ('docs/clip.md', 'python scripts/extract_clip_features.py -opt options/train/train_MixCLDehazeNet_S_RESIDE6K.yml'):
         DATASET + '; ' + CLIP,
     ('docs/cliphaze.md', '# CLIP route: density maps and the CLIP image embedding'): DATASET + '; ' + CLIP,
+    ('docs/cliphaze.md', 'python -m mixcl_arch.dehaze -i photos/ -o dehazed/ --weights net_g.pth --opt '
+                         'options/test/test_CLIPHazeNet_S_NHHAZE.yml'): WEIGHTS + '; ' + CLIP
+        + ' (tests/test_cliphaze_pipeline.py runs these forms on a tiny CLIPHazeNet and CLIP)',
+    ('docs/cliphaze.md', 'W=experiments/CLIPHazeNet_S_NHHAZE_B16G1_15k/models/net_g_latest.pth'): DATASET + '; '
+        + WEIGHTS,
     ('docs/datasets.md',
      'python scripts/make_haze_pairs.py --index-existing datasets/RESIDE-6K/train --domain outdoor'): DATASET,
     ('docs/datasets.md', 'mkdir -p datasets/RESIDE-IN/train datasets/RESIDE-IN/test datasets/RESIDE-OUT/train '

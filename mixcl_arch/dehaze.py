@@ -52,6 +52,11 @@ def parse_args(argv=None):
     amp.add_argument('--bf16', action='store_true', help='bfloat16 autocast')
     p.add_argument('--tile', type=int, default=512, help='tile size for large images (default 512); 0 disables tiling')
     p.add_argument('--tile-overlap', type=int, default=32, help='overlap of neighbouring tiles in pixels (default 32)')
+    p.add_argument('--backend', default='auto', choices=('auto', 'torch', 'onnxruntime'),
+                   help='network runtime: onnxruntime (CPU, float32; the net is exported to ONNX on first use and '
+                   'cached in ~/.cache/mixcl_arch/onnx or $MIXCL_ONNX_CACHE) or torch. auto (default): onnxruntime '
+                   "on the CPU when installed (pip install 'mixcl_arch[onnx]'; 1.9-3.2x faster, docs/export.md), "
+                   'else torch')
     p.add_argument('--clip-model', default=None, help='open_clip model name (overrides clip.model)')
     p.add_argument('--clip-pretrained', default=None,
                    help='CLIP weights: open_clip tag or local file (overrides clip.pretrained)')
@@ -209,7 +214,8 @@ def _build(args):
                                       ('standin_domain', args.standin_domain)) if v is not None}
         kwargs = dict(param_key=args.param_key, clip=clip, cond_mode=args.cond_mode, cond_fallback=args.cond_fallback,
                       feature_store=args.feature_store, cliphaze_cond=cliphaze, tile=args.tile or None,
-                      tile_overlap=args.tile_overlap, amp=amp, allow_unsafe_pickle=args.allow_unsafe_pickle)
+                      tile_overlap=args.tile_overlap, amp=amp, allow_unsafe_pickle=args.allow_unsafe_pickle,
+                      backend=args.backend)
     else:
         text = dict(kv.split('=', 1) for kv in args.param)  # parsed by the baseline's options dataclass
         if args.method == 'dehazenet':  # its transmission net tiles too; A and refinement use the whole image

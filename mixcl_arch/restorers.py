@@ -26,6 +26,7 @@ import warnings
 import torch
 from torch.nn import functional as F
 
+from mixcl_arch.export import OnnxRuntimeRunner, cached_onnx, resolve_backend
 from mixcl_arch.utils.checkpoint import check_state_dict, extract_state_dict, infer_arch_from_state_dict, \
     load_checkpoint_file, read_checkpoint_meta
 from mixcl_arch.utils.device import resolve_device  # noqa: F401  (public here too)
@@ -535,6 +536,10 @@ def build_restorer(method, weights=None, opt=None, device='cpu', param_text=None
               tile grid, default the net's ``tile_align`` or ``patch_size`` attribute (4 for MixDehazeNet), else 1.
             - ``amp`` (None | 'fp16' | 'bf16'): autocast dtype.
             - ``strict`` (bool): exact checkpoint key match (default ``path.strict_load_g``, else True).
+            - ``backend`` ('torch' (default) | 'onnxruntime' | 'auto'): 'onnxruntime' runs the net exported to ONNX
+              (exported once per weights, :func:`mixcl_arch.export.cached_onnx`) with ONNX Runtime on the CPU and
+              returns a :class:`mixcl_arch.export.OnnxRuntimeRunner` (``net`` None); 'auto' picks it where it is
+              faster (:func:`mixcl_arch.export.resolve_backend`).
 
     Returns:
         A callable restorer: (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1], with ``name``, ``num_params``,
@@ -567,7 +572,7 @@ def build_restorer(method, weights=None, opt=None, device='cpu', param_text=None
         return _lazy_baseline('dehazenet')(weights, device=str(device), **kwargs)
 
     allowed = {'param_key', 'clip', 'cond_mode', 'cond_extra', 'cond_fallback', 'feature_store', 'cliphaze_cond', 'tile',
-               'tile_overlap', 'tile_align', 'amp', 'strict', 'allow_unsafe_pickle'}
+               'tile_overlap', 'tile_align', 'amp', 'strict', 'allow_unsafe_pickle', 'backend'}
     unknown = set(kwargs) - allowed
     if unknown:
         raise ValueError(f"Unknown options for method 'net': {sorted(unknown)}; allowed: {sorted(allowed)}.")
@@ -595,9 +600,16 @@ def build_restorer(method, weights=None, opt=None, device='cpu', param_text=None
         feature_store = kwargs.get('feature_store') or _cond_setting(opt, 'feature_store')
         cond = ConditionProvider(num_cond, getattr(net, 'cond_dim', 512), clip_opt, cond_mode, cond_extra, fallback,
                                  feature_store, device)
-    restorer = NetRestorer(net, cond, device, kwargs.get('tile'), kwargs.get('tile_overlap', 32), kwargs.get('amp'),
-                           name=net_opt.get('type'), tile_align=kwargs.get('tile_align'))
+    backend = resolve_backend(kwargs.get('backend') or 'torch', device, kwargs.get('amp'), type(net).__name__)
+    if backend == 'onnxruntime':
+        onnx_path, exported = cached_onnx(net, net_opt)
+        restorer = OnnxRuntimeRunner(onnx_path, kwargs.get('tile'), kwargs.get('tile_overlap', 32), cond=cond)
+    else:
+        restorer = NetRestorer(net, cond, device, kwargs.get('tile'), kwargs.get('tile_overlap', 32),
+                               kwargs.get('amp'), name=net_opt.get('type'), tile_align=kwargs.get('tile_align'))
     restorer.net_opt = net_opt
     for note in restorer.notes:
         warnings.warn(note, ConditioningFallbackWarning, stacklevel=2)
+    if backend == 'onnxruntime' and exported:
+        restorer.notes.append(f'exported the network to ONNX for ONNX Runtime once; later runs reuse {onnx_path}')
     return restorer

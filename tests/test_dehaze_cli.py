@@ -215,7 +215,8 @@ def test_tiled_run_matches_untiled(ckpts, tmp_path, monkeypatch, capsys):
         return real(lambda t: (calls.append(tuple(t.shape[-2:])), fn(t))[1], x, tile, overlap, align=align)
 
     monkeypatch.setattr(restorers, 'tiled_forward', counting)
-    base = ['-i', str(d), '--weights', ckpts[0]['basicsr'], '--cond-fallback', 'none']
+    # torch backend: the counter wraps restorers.tiled_forward (tests/test_export.py tiles the ONNX Runtime one)
+    base = ['-i', str(d), '--weights', ckpts[0]['basicsr'], '--cond-fallback', 'none', '--backend', 'torch']
     assert main(base + ['-o', str(tmp_path / 'tiled'), '--tile', '96', '--tile-overlap', '48']) == 0
     n_tiles = len(tile_starts(152, 96, 48, 4)) * len(tile_starts(172, 96, 48, 4))
     assert calls[0] == (96, 48, 4) and n_tiles > 1 and calls.count((96, 96)) == n_tiles  # the tiles really ran

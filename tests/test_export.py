@@ -214,3 +214,29 @@ def test_backend_auto_picks_onnxruntime_only_for_float32_cpu(monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name: None if name == 'onnxruntime' else find_spec(name))
     assert export.resolve_backend('auto', torch.device('cpu')) == 'torch'  # the onnx extra is not installed
+
+
+def test_cli_backends_agree_and_auto_uses_the_cached_export(tmp_path, monkeypatch, capsys):
+    import cv2
+    import numpy as np
+
+    from mixcl_arch.dehaze import main
+    monkeypatch.setenv('MIXCL_ONNX_CACHE', str(tmp_path / 'cache'))
+    weights = make_checkpoint('MixCLDehazeNet', str(tmp_path))
+    opt = tmp_path / 'cl.yml'
+    opt.write_text(yaml.safe_dump({'network_g': NETS['MixCLDehazeNet']}))
+    (tmp_path / 'in').mkdir()
+    # 16-bit in, 16-bit out: the comparison is not hidden by 8-bit rounding
+    img = np.random.default_rng(0).integers(0, 65535, (70, 53, 3)).astype(np.uint16)
+    assert cv2.imwrite(str(tmp_path / 'in' / 'a.png'), img)
+    outs = {}
+    for backend in ('torch', 'onnxruntime', 'auto'):
+        argv = ['-i', str(tmp_path / 'in'), '-o', str(tmp_path / backend), '--weights', weights, '--opt', str(opt),
+                '--cond-fallback', 'none', '--device', 'cpu', '--tile', '48', '--tile-overlap', '16', '--backend',
+                backend]
+        assert main(argv) == 0
+        outs[backend] = cv2.imread(str(tmp_path / backend / 'a.png'), cv2.IMREAD_UNCHANGED) / 65535.0
+    assert np.abs(outs['onnxruntime'] - outs['torch']).max() < 1e-3
+    assert np.array_equal(outs['auto'], outs['onnxruntime'])  # auto is ONNX Runtime on the CPU
+    assert len(os.listdir(tmp_path / 'cache')) == 1  # exported by the first ONNX Runtime run, reused by auto
+    assert capsys.readouterr().err.count('exported the network to ONNX') == 1

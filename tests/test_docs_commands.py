@@ -74,6 +74,8 @@ SKIP = {
         + ' (tests/test_cliphaze_pipeline.py runs these forms on a tiny CLIPHazeNet and CLIP)',
     ('docs/cliphaze.md', 'W=experiments/CLIPHazeNet_S_NHHAZE_B16G1_15k/models/net_g_latest.pth'): DATASET + '; '
         + WEIGHTS,
+    ('docs/cliphaze.md', '# equal wall-clock comparison on the demo data, from the folder that holds data/'): TRAINS
+        + ' (4 nets, about 17 minutes on one CPU thread)',
     ('docs/datasets.md',
      'python scripts/make_haze_pairs.py --index-existing datasets/RESIDE-6K/train --domain outdoor'): DATASET,
     ('docs/datasets.md', 'mkdir -p datasets/RESIDE-IN/train datasets/RESIDE-IN/test datasets/RESIDE-OUT/train '

@@ -14,26 +14,12 @@ if __name__ == '__main__' and not __package__:
     sys.path.insert(0, os.path.dirname(_here))
 
 import mixcl_arch  # noqa: E402,F401  (registrations + torchvision compat, before basicsr)
-from mixcl_arch.utils.basicsr_fixes import (RunFolderInUseError, apply_basicsr_fixes, normalize_argv,  # noqa: E402
-                                             release_run_locks)
-from mixcl_arch.utils.options import OptionError  # noqa: E402
+from mixcl_arch.utils.basicsr_fixes import run_pipeline  # noqa: E402
 
 
 def main(root_path=None):
-    """Run BasicSR's test_pipeline with ``root_path`` (default: the current working directory).
-
-    A bad option file (:class:`OptionError`) or a run folder in use by another run exits with status 1 and a one-line
-    message instead of a traceback.
-    """
-    apply_basicsr_fixes()
-    normalize_argv()
-    from basicsr.test import test_pipeline
-    try:
-        test_pipeline(os.path.abspath(root_path or os.getcwd()))
-    except (OptionError, RunFolderInUseError) as err:
-        sys.exit(f'{os.path.basename(sys.argv[0])}: error: {err}')
-    finally:
-        release_run_locks()
+    """Run BasicSR's test_pipeline with every fix, under ``root_path`` (default: the current working directory)."""
+    run_pipeline('test', root_path)
 
 
 if __name__ == '__main__':

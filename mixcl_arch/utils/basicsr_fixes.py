@@ -396,3 +396,26 @@ def apply_basicsr_fixes():
     fix_scheduler_resume()
     fix_eta()
     _APPLIED = True
+
+
+def run_pipeline(kind, root_path=None):
+    """Run BasicSR's ``train_pipeline`` or ``test_pipeline`` with every fix applied (the body of both entry points).
+
+    Args:
+        kind (str): 'train' or 'test'.
+        root_path (str | None): Where ``experiments/``, ``results/``, ``tb_logger/`` go; default: the working
+            directory.
+
+    A bad option file (:class:`OptionError`) or a run folder in use by another run exits with status 1 and a one-line
+    message instead of a traceback.
+    """
+    import importlib
+    apply_basicsr_fixes()
+    normalize_argv()
+    pipeline = getattr(importlib.import_module(f'basicsr.{kind}'), f'{kind}_pipeline')
+    try:
+        pipeline(os.path.abspath(root_path or os.getcwd()))
+    except (OptionError, RunFolderInUseError) as err:
+        sys.exit(f'{os.path.basename(sys.argv[0])}: error: {err}')
+    finally:
+        release_run_locks()

@@ -16,7 +16,8 @@ fi
 where=$(cd / && "$PY" -c 'import mixcl_arch, os; print(os.path.dirname(os.path.dirname(mixcl_arch.__file__)))' \
         2>/dev/null || true)
 # mixcl_arch_hook is the BasicSR import hook installed with the package (older installs lack it: reinstall)
-if ! (cd / && "$PY" -c "import mixcl_arch, mixcl_arch_hook, pytest, pytorch_msssim, open_clip, lmdb, skimage, safetensors") \
+if ! (cd / && "$PY" -c "import mixcl_arch, mixcl_arch_hook, pytest, pytorch_msssim, open_clip, lmdb, skimage, safetensors, \
+     onnxruntime, onnxscript, matplotlib") \
      >/dev/null 2>&1 \
    || [ "$where" != "$PWD" ]; then
   echo "[install] pip install -e '.[test]'"

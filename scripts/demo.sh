@@ -14,8 +14,10 @@
 # Environment:
 #   DEMO_ITERS=N            training iterations (default 300; CI uses a handful)
 #   DEMO_THREADS=N          torch CPU threads (default: the idle cores, at least 1)
-#   MIXCL_CLIP_WEIGHTS=F    a local open_clip ViT-B-32 weights file: condition on real CLIP features instead of
-#                           the oracle domain labels
+#   MIXCL_CLIP_WEIGHTS=F    a local open_clip ViT-B-32 weights file (open_clip_model.safetensors of
+#                           timm/vit_base_patch32_clip_224.openai; TorchScript archives such as OpenAI's ViT-B-32.pt
+#                           are code and are refused, see README "Safety"): condition on real CLIP features instead
+#                           of the oracle domain labels
 #   DEMO_SKIP_INSTALL=1     do not run scripts/install.sh
 #   PYTHON=python3          the interpreter
 set -euo pipefail
@@ -96,7 +98,7 @@ else
   COND="STAND-IN: oracle domain labels from meta.csv (no CLIP weights offline; this is NOT CLIP)"
   say "NOTE: no CLIP weights are available offline. The network is conditioned on a clearly labelled stand-in:"
   echo "      the oracle domain label (indoor/outdoor) of each image from data/*/meta.csv, not on CLIP's zero-shot"
-  echo "      prediction. Set MIXCL_CLIP_WEIGHTS=/path/to/ViT-B-32.pt to use real CLIP features."
+  echo "      prediction. Set MIXCL_CLIP_WEIGHTS=/path/to/open_clip_model.safetensors (ViT-B-32) to use real CLIP."
   # the CLI has no labels: give it the held-out split's (single) oracle domain and the dataset's stand-in vectors
   TEST_DOMAIN=$("$PY" - "$OUT/data/test/meta.csv" <<'EOF'
 import csv, sys

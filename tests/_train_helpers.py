@@ -13,6 +13,15 @@ import numpy as np
 import yaml
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+
+
+def load_script(name):
+    """Import ``scripts/<name>.py`` as a fresh module (the scripts are not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'scripts', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 TRAIN = os.path.join(ROOT, 'mixcl_arch', 'train.py')
 TEST = os.path.join(ROOT, 'mixcl_arch', 'test.py')
 TINY_NET = dict(type='MixDehazeNet', embed_dims=[8, 16, 16, 16, 8], depths=[1, 1, 1, 1, 1], data_range='unit')

@@ -2,7 +2,6 @@
 parse into the same instance, every bad value is an error naming its key, presets and old spellings resolve into the
 same dataclass, and the CLI, the benchmark and the DehazeNet YAMLs go through them."""
 import dataclasses
-import importlib.util
 import os
 import re
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from _train_helpers import load_script
 from mixcl_arch.archs.dehazenet_arch import DehazeNet
 from mixcl_arch.baselines.common import ATMO_MODE_ALIASES, ATMO_MODES
 from mixcl_arch.baselines.dcp import DCPParams, DCPRestorer, dcp_dehaze, estimate_atmospheric_light
@@ -162,11 +162,7 @@ def test_cli_param_text_reaches_the_dataclass_and_bad_text_is_a_clear_error(tmp_
 
 
 def _benchmark_module():
-    spec = importlib.util.spec_from_file_location('benchmark_quality', os.path.join(ROOT, 'scripts',
-                                                                                    'benchmark_quality.py'))
-    bq = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bq)
-    return bq
+    return load_script('benchmark_quality')
 
 
 def test_benchmark_spec_text_and_methods_yaml_give_the_same_params(tmp_path):

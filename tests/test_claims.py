@@ -8,22 +8,18 @@
 
 ``scripts/benchmark_speed.py --quick`` is run by ``tests/test_speed_paths.py``. No timing is asserted anywhere.
 """
-import importlib.util
 import os.path as osp
 import re
 
 import pytest
 import torch
 
+from _train_helpers import load_script
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLAIMS = osp.join(ROOT, 'docs', 'claims.md')
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'scripts', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def squash(text):

@@ -1,7 +1,6 @@
 """CLIPHaze's conditioning inputs (mixcl_arch/clip/cliphaze_cond.py): DCP and CLIP density maps, the embedding, the
 feature store's spatial 'density' kind, scripts/extract_clip_features.py --density and the dataset's crop alignment."""
 import csv
-import importlib.util
 import json
 import os
 import random
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import mixcl_arch  # noqa: F401  (before basicsr)
+from _train_helpers import load_script
 from _clip_helpers import TINY_CFG, make_pairs, make_tiny_clip, tiny_clip_opt, write_img
 from basicsr.data import build_dataset
 from mixcl_arch.clip import CLIPPrior, FeatureStore
@@ -24,12 +24,8 @@ from mixcl_arch.utils.haze import synthesize_haze
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location('extract_clip_features',
-                                                  os.path.join(ROOT, 'scripts', 'extract_clip_features.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def load_extract_script():
+    return load_script('extract_clip_features')
 
 
 @pytest.fixture(scope='module')
@@ -185,7 +181,7 @@ def test_extract_dcp_standin_to_dataset_and_provenance_mismatch_rejected(tmp_pat
     names = make_pairs(root, n=3, size=(40, 48))
     write_meta_csv(root, names, ['indoor', 'outdoor', 'outdoor'])
     out = str(tmp_path / 'dcp.pt')
-    mod = load_script()
+    mod = load_extract_script()
     base = ['--dataroot', os.path.join(root, 'hazy'), '--meta-file', os.path.join(root, 'meta.csv'), '--out', out,
             '--density', '--density-source', 'dcp', '--batch-size', '2', '--num-workers', '0', '--quiet']
     assert mod.main(base + ['--dcp-param', 'patch_radius=3']) == 0  # no CLIP weights given or needed
@@ -230,7 +226,7 @@ def test_extract_clip_route_stores_density_and_embedding(tmp_path, capsys):
     root = str(tmp_path / 'data')
     names = make_pairs(root, n=2, size=(24, 28))
     out = str(tmp_path / 'store.pt')
-    mod = load_script()
+    mod = load_extract_script()
     assert mod.main(['--dataroot', os.path.join(root, 'hazy'), '--out', out, '--model', 'mixcl-tiny-clip',
                      '--model-cfg', str(cfg_file), '--pretrained', clip_file, '--device', 'cpu', '--quiet',
                      '--num-workers', '0', '--density', '--density-crop', '16', '--density-stride', '8',

@@ -3,7 +3,6 @@ mixcl_arch/train.py on a feature store with density maps and embeddings (the DCP
 the model, the inference CLI with tiles, the quality benchmark and the option files. The DDP run is in
 tests/test_ddp.py."""
 import csv
-import importlib.util
 import os
 
 import cv2
@@ -14,7 +13,7 @@ from basicsr.data import build_dataset
 from basicsr.models import build_model
 
 from _clip_helpers import make_tiny_clip, tiny_clip_opt
-from _train_helpers import ROOT, TRAIN, make_pair_dataset, run_entry, tiny_train_opt, validation_values, write_yaml
+from _train_helpers import ROOT, load_script, make_pair_dataset, run_entry, tiny_train_opt, validation_values, write_yaml
 from mixcl_arch import restorers
 from mixcl_arch.archs.cliphaze_arch import CAM, CLIPHazeNet
 from mixcl_arch.clip import CLIPPrior, FeatureStore
@@ -35,11 +34,7 @@ DCP_COND = dict(density_source='dcp', store_scale=8)  # the offline stand-in: NO
 DOMAINS = ('indoor', 'outdoor')
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'scripts', f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_load_script = load_script
 
 
 @pytest.fixture(scope='module')

@@ -1,6 +1,5 @@
 """Edge cases of the data tools: re-runs, underscores and extensions in names, non-ASCII keys, file modes."""
 import csv
-import importlib.util
 import os
 import os.path as osp
 import stat
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from _train_helpers import load_script
 from mixcl_arch.data.clip_paired_image_dataset import CLIPPairedImageDataset
 from mixcl_arch.data.transmission_patch_dataset import TransmissionPatchDataset
 from mixcl_arch.utils.file_io import atomic_write_text
@@ -18,11 +18,7 @@ from mixcl_arch.utils.haze import imread_rgb
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, 'scripts', f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_script = load_script
 
 
 def _img(path, h=24, w=28, seed=0):

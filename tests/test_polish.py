@@ -6,7 +6,6 @@ package (the imports that take seconds), which a ``sys.modules`` check in a fres
 """
 import csv
 import glob
-import importlib.util
 import json
 import logging
 import math
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from _train_helpers import ROOT, make_pair_dataset, run_entry, tiny_train_opt, write_yaml
+from _train_helpers import ROOT, load_script, make_pair_dataset, run_entry, tiny_train_opt, write_yaml
 from mixcl_arch.utils.basicsr_fixes import apply_basicsr_fixes, load_training_state
 from mixcl_arch.utils.options import OptionError
 
@@ -31,11 +30,7 @@ SCRIPTS = sorted(glob.glob(osp.join(ROOT, 'scripts', '*.py')))
 HEAVY = ('torch', 'torchvision', 'basicsr', 'mixcl_arch', 'open_clip', 'cv2', 'skimage')
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f'{name}_polish', osp.join(ROOT, 'scripts', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_script = load_script
 
 
 # ------------------------------------------------------------------------------------------ item 5: scheduler

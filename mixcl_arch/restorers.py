@@ -24,14 +24,15 @@ import os
 import warnings
 
 import torch
-from torch.nn import functional as F
 
+from mixcl_arch.clip.cliphaze_cond import cliphaze_cond_options
 from mixcl_arch.export import OnnxRuntimeRunner, cached_onnx, resolve_backend
 from mixcl_arch.utils.checkpoint import check_state_dict, extract_state_dict, infer_arch_from_state_dict, \
     load_checkpoint_file, read_checkpoint_meta
 from mixcl_arch.utils.device import resolve_device  # noqa: F401  (public here too)
 from mixcl_arch.utils.options import load_yaml_file
-from mixcl_arch.utils.tiling import net_tile_align, tiled_forward
+from mixcl_arch.utils.net_call import cliphaze_inputs, run_net
+from mixcl_arch.utils.tiling import conditioned_tiled_forward, net_tile_align
 
 METHODS = ('net', 'hazy', 'dcp', 'dehazenet')
 COND_MODES = ('hard', 'soft')
@@ -50,68 +51,6 @@ class ConditioningFallbackWarning(UserWarning):
 
 class DataRangeMismatchWarning(UserWarning):
     """Emitted by :func:`build_net_from_checkpoint` when ``--opt`` gives another ``data_range`` than the checkpoint."""
-
-
-def run_net(net, x, cond=None, data_range='unit'):
-    """Run a dehazing net on [0, 1] images whatever range it takes: the one place where the data range of the images
-    (always [0, 1] here: data pipeline, CLI, benchmarks) meets the net's ``data_range``.
-
-    Args:
-        net (callable): The net, possibly wrapped (DDP, ``torch.compile``), called as ``net(x)``, ``net(x, cond)`` or
-            ``net(x, **cond)``.
-        x (Tensor): (B, 3, H, W) images in [0, 1].
-        cond (Tensor | dict | None): MixCLDehazeNet's (B, K, E) conditioning (second argument), a dict of keyword
-            inputs (CLIPHazeNet's ``density`` (B, 1, h, w) and ``embedding`` (B, E)), or None for an unconditioned
-            net.
-        data_range (str): The bare net's ``data_range``: 'unit' (takes [0, 1]) or 'signed' (takes [-1, 1], the
-            official MixDehazeNet convention: converted here on the way in and out).
-
-    Returns:
-        Tensor: (B, 3, H, W) output in [0, 1] (float32 for a 'signed' net, else the net's dtype).
-    """
-    if data_range == 'signed':
-        x = x * 2 - 1
-    if cond is None:
-        y = net(x)
-    else:
-        y = net(x, **cond) if isinstance(cond, dict) else net(x, cond)
-    return (y.float() + 1) * 0.5 if data_range == 'signed' else y
-
-
-def cliphaze_inputs(net):
-    """The conditioning inputs a (bare) net takes as keywords: CLIPHazeNet's ``needs_density`` / ``needs_embedding``.
-
-    Returns:
-        tuple[str]: Some of ('density', 'embedding'); empty for every other net (and for ``cam: none``).
-    """
-    return tuple(key for key in ('density', 'embedding') if getattr(net, f'needs_{key}', False))
-
-
-def conditioned_tiled_forward(fn, x, cond, tile, overlap, align=1):
-    """:func:`~mixcl_arch.utils.tiling.tiled_forward` with conditioning computed once on the whole image.
-
-    Vectors (MixCLDehazeNet's (B, K, E) ``cond``, CLIPHazeNet's ``embedding``) go to every tile unchanged. A
-    ``density`` map (any resolution, e.g. the 1/8 map of a feature store) is first resized to the image as the net
-    resizes it (bilinear, ``align_corners=False``), stacked onto the image as a channel, and so tiled, padded and
-    cropped exactly like the image: each tile gets its own slice.
-
-    Args:
-        fn (callable): ``fn(tile, cond_of_the_tile)`` -> (B, 3, h, w).
-        x (Tensor): (B, 3, H, W) images.
-        cond (Tensor | dict | None): The whole image's conditioning (see :func:`run_net`).
-        tile, overlap, align: As :func:`~mixcl_arch.utils.tiling.tiled_forward` (tile None or 0: whole image).
-
-    Returns:
-        Tensor: (B, 3, H, W).
-    """
-    if not isinstance(cond, dict) or cond.get('density') is None:
-        return tiled_forward(lambda t: fn(t, cond), x, tile, overlap, align=align)
-    density = F.interpolate(cond['density'].float(), size=x.shape[-2:], mode='bilinear', align_corners=False,
-                            antialias=True)
-    channels = x.shape[1]
-    stacked = torch.cat([x, density.to(x.dtype)], dim=1)
-    return tiled_forward(lambda t: fn(t[:, :channels], dict(cond, density=t[:, channels:])), stacked, tile, overlap,
-                         align=align)
 
 
 def load_options(opt):
@@ -355,17 +294,6 @@ class ConditionProvider:
             raise ValueError(f'CLIP conditioning has shape {tuple(cond.shape)}, the network takes '
                              f'(B, {self.num_cond}, {self.cond_dim}); check clip.model and cond_extra.')
         return cond.float()
-
-
-def cliphaze_cond_options(opt):
-    """The ``cliphaze_cond:`` options of an options dict: the top-level section, else the first dataset's (as
-    ``scripts/extract_clip_features.py`` reads them); {} when there is none (the defaults)."""
-    if opt.get('cliphaze_cond') is not None:
-        return dict(opt['cliphaze_cond'])
-    for ds in (opt.get('datasets') or {}).values():
-        if isinstance(ds, dict) and ds.get('cliphaze_cond') is not None:
-            return dict(ds['cliphaze_cond'])
-    return {}
 
 
 class CLIPHazeConditionProvider:

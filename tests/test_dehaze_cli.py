@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-import mixcl_arch.restorers as restorers
 from mixcl_arch.archs.mixdehazenet_arch import MixCLDehazeNet, MixDehazeNet
 from mixcl_arch.dehaze import main
 from mixcl_arch.restorers import ConditioningFallbackWarning, build_restorer
+from mixcl_arch.utils import tiling
 from mixcl_arch.utils.image_io import read_image
 from mixcl_arch.utils.tiling import tile_starts
 
@@ -208,14 +208,14 @@ def test_tiled_run_matches_untiled(ckpts, tmp_path, monkeypatch, capsys):
     d.mkdir()
     _write(d / 'big.png', (img[:, :, ::-1] * 65535).astype(np.uint16))
     calls = []
-    real = restorers.tiled_forward
+    real = tiling.tiled_forward
 
     def counting(fn, x, tile, overlap, align=1):
         calls.append((tile, overlap, align))
         return real(lambda t: (calls.append(tuple(t.shape[-2:])), fn(t))[1], x, tile, overlap, align=align)
 
-    monkeypatch.setattr(restorers, 'tiled_forward', counting)
-    # torch backend: the counter wraps restorers.tiled_forward (tests/test_export.py tiles the ONNX Runtime one)
+    monkeypatch.setattr(tiling, 'tiled_forward', counting)
+    # torch backend: the counter wraps tiling.tiled_forward (tests/test_export.py tiles the ONNX Runtime one)
     base = ['-i', str(d), '--weights', ckpts[0]['basicsr'], '--cond-fallback', 'none', '--backend', 'torch']
     assert main(base + ['-o', str(tmp_path / 'tiled'), '--tile', '96', '--tile-overlap', '48']) == 0
     n_tiles = len(tile_starts(152, 96, 48, 4)) * len(tile_starts(172, 96, 48, 4))

@@ -468,7 +468,7 @@ class MixDehazeNet(_MixDehazeBackbone):
         out_chans (int): Body output channels: 1 for K and 3 for B (4).
         data_range (str): 'signed' (input/output in [-1, 1], the reference convention, default) or 'unit'
             ([0, 1] in and out, converted inside). The weights are the same for both; MixCLDehazeModel and the CLI
-            (:func:`mixcl_arch.restorers.run_net`) and the export feed a net in the range it declares.
+            (:func:`mixcl_arch.utils.net_call.run_net`) and the export feed a net in the range it declares.
 
     Shapes:
         forward(x): (B, 3, H, W) -> (B, 3, H, W), any H, W.

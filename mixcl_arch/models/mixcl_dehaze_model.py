@@ -47,7 +47,9 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 from tqdm import tqdm
 
-from mixcl_arch.restorers import cliphaze_cond_options, cliphaze_inputs, conditioned_tiled_forward, run_net
+from mixcl_arch.clip.cliphaze_cond import cliphaze_cond_options
+from mixcl_arch.utils.net_call import cliphaze_inputs, run_net
+from mixcl_arch.utils.tiling import conditioned_tiled_forward
 from mixcl_arch.utils.checkpoint import SAVE_FORMATS, load_network_weights, network_meta, save_weights_file
 from mixcl_arch.utils.file_io import atomic_imwrite, atomic_torch_save, atomic_write_text
 from mixcl_arch.utils.options import OptionError, TileOptions
@@ -285,7 +287,7 @@ class MixCLDehazeModel(SRModel):
 
     def _run(self, net, lq, cond=None):
         """``net`` on [0, 1] images ``lq`` with conditioning ``cond`` (default: the batch's) -> [0, 1] output, whatever
-        the net's ``data_range`` (the data pipeline always delivers [0, 1]; :func:`mixcl_arch.restorers.run_net`
+        the net's ``data_range`` (the data pipeline always delivers [0, 1]; :func:`mixcl_arch.utils.net_call.run_net`
         converts)."""
         data_range = getattr(self._bare_net(), 'data_range', 'unit')
         return run_net(net, lq, self.cond if cond is None else cond, data_range)
@@ -333,7 +335,7 @@ class MixCLDehazeModel(SRModel):
 
         With ``val.tile`` (``tile_size``, ``tile_pad``; HAT's top-level ``tile`` works too) the image is processed as
         tiles of ``tile_size`` with ``tile_pad`` pixels of context on every side, blended seamlessly on the net's grid
-        as the CLI does (:func:`mixcl_arch.restorers.conditioned_tiled_forward`); the conditioning, computed once from
+        as the CLI does (:func:`mixcl_arch.utils.tiling.conditioned_tiled_forward`); the conditioning, computed once from
         the whole image, goes to every tile (a density map: its slice). Validation in training and test.py both come
         here.
         """

@@ -149,3 +149,30 @@ def tiled_forward(fn, x, tile=512, overlap=32, out_channels=None, align=1):
     # every pixel is covered with positive total weight by construction; the floor only guards against rounding
     out = (acc / weight.clamp_min(1e-12)).to(out.dtype)
     return out[:, :, :full_h, :full_w] if align > 1 else out
+
+
+def conditioned_tiled_forward(fn, x, cond, tile, overlap, align=1):
+    """:func:`tiled_forward` with conditioning computed once on the whole image.
+
+    Vectors (MixCLDehazeNet's (B, K, E) ``cond``, CLIPHazeNet's ``embedding``) go to every tile unchanged. A
+    ``density`` map (any resolution, e.g. the 1/8 map of a feature store) is first resized to the image as the net
+    resizes it (bilinear, ``align_corners=False``), stacked onto the image as a channel, and so tiled, padded and
+    cropped exactly like the image: each tile gets its own slice.
+
+    Args:
+        fn (callable): ``fn(tile, cond_of_the_tile)`` -> (B, 3, h, w).
+        x (Tensor): (B, 3, H, W) images.
+        cond (Tensor | dict | None): The whole image's conditioning (see :func:`mixcl_arch.utils.net_call.run_net`).
+        tile, overlap, align: As :func:`tiled_forward` (tile None or 0: whole image).
+
+    Returns:
+        Tensor: (B, 3, H, W).
+    """
+    if not isinstance(cond, dict) or cond.get('density') is None:
+        return tiled_forward(lambda t: fn(t, cond), x, tile, overlap, align=align)
+    density = F.interpolate(cond['density'].float(), size=x.shape[-2:], mode='bilinear', align_corners=False,
+                            antialias=True)
+    channels = x.shape[1]
+    stacked = torch.cat([x, density.to(x.dtype)], dim=1)
+    return tiled_forward(lambda t: fn(t[:, :channels], dict(cond, density=t[:, channels:])), stacked, tile, overlap,
+                         align=align)

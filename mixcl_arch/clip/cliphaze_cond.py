@@ -137,7 +137,7 @@ class CLIPHazeCondConfig:
                              f'{self.short_side!r}.')
         if not (isinstance(self.logit_scale, (int, float)) and self.logit_scale > 0):
             raise ValueError(f'{k}.logit_scale must be a number > 0, got {self.logit_scale!r}.')
-        from .conditioning import check_templates
+        from mixcl_arch.conditioning.vectors import check_templates
         for name in ('hazy_templates', 'clear_templates', 'scenes'):
             object.__setattr__(self, name, _strings(getattr(self, name), f'{k}.{name}'))
         for name in ('hazy_templates', 'clear_templates'):

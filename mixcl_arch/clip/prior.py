@@ -6,7 +6,7 @@ import torch
 
 from mixcl_arch.utils.device import resolve_device
 
-from .conditioning import PRIMARY_SET, check_templates, hard_soft, normalize_prompt_sets
+from mixcl_arch.conditioning.vectors import PRIMARY_SET, check_templates, hard_soft, normalize_prompt_sets
 from .weights import CLIPWeightsError, check_weights_file, file_sha256, register_model_cfg, resolve_weights
 
 __all__ = ['CLIPPrior', 'LOGIT_SCALE', 'PRIOR_OPTION_KEYS']

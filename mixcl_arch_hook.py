@@ -8,11 +8,11 @@ the finder (one shot: the imports it triggers do not come back to it) wraps Basi
 
 1. before ``basicsr/__init__.py`` runs, ``mixcl_arch/compat.py`` installs the torchvision alias. It is run from its
    file because importing ``mixcl_arch.compat`` would first run ``mixcl_arch/__init__.py``, which imports basicsr;
-2. after it, ``import mixcl_arch`` registers the plugin and :func:`mixcl_arch.basicsr_hook.patch_basicsr` applies
+2. after it, :func:`mixcl_arch.register` registers the plugin and :func:`mixcl_arch.basicsr_hook.patch_basicsr` applies
    the BasicSR 1.4.2 fixes, also to BasicSR's ``train.py`` / ``test.py`` run as ``__main__``.
 
-``mixcl_arch`` importing ``basicsr`` itself is the same path: step 2 then finds the package half-imported, which is
-harmless (its own ``__init__`` finishes the registration). A basicsr other than 1.4.x (forks vendored by other
+``mixcl_arch`` importing ``basicsr`` itself is the same path: step 2 then finds the registration under way, which is
+harmless (the outer :func:`mixcl_arch.register` finishes it). A basicsr other than 1.4.x (forks vendored by other
 repositories) gets step 1 only and a warning.
 
 Set ``MIXCL_ARCH_NO_BASICSR_HOOK=1`` to turn the hook off.
@@ -44,7 +44,8 @@ class _PluginLoader:
             warnings.warn(f'mixcl_arch: basicsr {version!r} ({module.__file__}) is not BasicSR 1.4.x; the plugin is '
                           f'not loaded into it ({OPT_OUT_ENV}=1 turns the hook off).')
             return
-        import mixcl_arch  # noqa: F401  (registers archs, datasets, models, losses, metrics)
+        import mixcl_arch
+        mixcl_arch.register()  # archs, datasets, models, losses, metrics (a no-op while the package registers)
         from mixcl_arch.basicsr_hook import patch_basicsr
         patch_basicsr()
 

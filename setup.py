@@ -62,7 +62,7 @@ setup(
     keywords='computer vision, image dehazing, basicsr, clip',
     url='https://example.invalid/mixcl_arch',
     packages=find_packages(exclude=('options', 'tests', 'scripts', 'docs')),
-    py_modules=['mixcl_arch_hook'],
+    py_modules=['mixcl_arch_hook', 'mixcl_arch_cli'],
     cmdclass={'build': build_with_hook_pth, 'build_hook_pth': build_hook_pth},
     include_package_data=True,
     python_requires='>=3.9',
@@ -89,9 +89,10 @@ setup(
     },
     entry_points={
         'console_scripts': [
-            'mixcl-dehaze=mixcl_arch.dehaze:main',
-            'mixcl-train=mixcl_arch.train:main',
-            'mixcl-test=mixcl_arch.test:main',
+            # light fronts: --help and argument errors are answered before torch is imported
+            'mixcl-dehaze=mixcl_arch_cli:cli_dehaze',
+            'mixcl-train=mixcl_arch_cli:cli_train',
+            'mixcl-test=mixcl_arch_cli:cli_test',
         ]
     },
     classifiers=[

@@ -309,8 +309,9 @@ class OnnxRuntimeRunner:
         tile (int | None): Tile size; None or 0 runs whole images.
         tile_overlap (int): Overlap of neighbouring tiles (``mixcl_arch.utils.tiling.tiled_forward``).
         threads (int | None): ONNX Runtime intra-op threads; None -> ``torch.get_num_threads()``.
-        cond (callable | None): Conditioning source used when ``__call__`` gets none, e.g.
-            ``mixcl_arch.restorers.ConditionProvider``: (B, 3, H, W) in [0, 1] -> (B, K, E).
+        cond (callable | None): Conditioning used when ``__call__`` gets none: the net's conditioner
+            (:func:`mixcl_arch.conditioning.conditioner.build_conditioner` with ``online=True``), (B, 3, H, W) in
+            [0, 1] -> (B, K, E).
 
     Attributes:
         name (str), num_params (int), num_cond (int), cond_dim (int), metadata (dict), notes (list[str]);

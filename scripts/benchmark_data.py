@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Data-side speed of the CLIP half: dataset throughput and CLIP feature extraction, printed as one JSON object.
 
-* dataset: ``CLIPPairedImageDataset`` serving ``--crops`` random ``--crop`` crops with stored conditioning through a
-  DataLoader, from PNG folders and from LMDB, for each ``--workers`` count (img/s and img/s per worker; the first
-  batch, which starts the workers, is not timed);
+* dataset: ``CLIPPairedImageDataset`` serving ``--crops`` random ``--crop`` crops through a DataLoader, with their
+  stored conditioning looked up by the run's conditioner as in training, from PNG folders and from LMDB, for each
+  ``--workers`` count (img/s and img/s per worker; the first batch, which starts the workers, is not timed);
 * extraction: ``scripts/extract_clip_features.py``'s loop (decode + open_clip transform + encode) on the generated
   folder, with a tiny CLIP (random weights, saved and loaded as a file) and with a random-init ViT-B-32 (the real
   architecture: realistic cost without the weights), on ``--device``.
@@ -71,13 +71,22 @@ def make_data(root, n, size):
                             multiprocessing_read=False)
 
 
-def bench_dataset(root, store, backend, workers, args):
+def bench_dataset(root, store, clip_opt, backend, workers, args):
+    """Crops per second of the dataset with the stored conditioning of training: the loader serves images, keys and
+    crop records, the run's conditioner (main process, as the model's ``feed_data``) looks the keys up in ``store``."""
+    import types
+
     import torch
     from basicsr.data import build_dataset
     from torch.utils.data import DataLoader
+
+    from mixcl_arch.conditioning.conditioner import CondBatch, build_conditioner
+    from mixcl_arch.conditioning.config import ConditioningConfig
+    cfg = ConditioningConfig.from_options({'clip': clip_opt, 'conditioning': {'source': 'store', 'extra': ['image']}})
+    cond = build_conditioner(cfg, types.SimpleNamespace(num_cond=2, cond_dim=512), stores=[store])
     opt = dict(name='bench', type='CLIPPairedImageDataset', phase='train', gt_size=args.crop, use_hflip=True,
                dataroot_lq=osp.join(root, 'hazy'), dataroot_gt=osp.join(root, 'GT'), io_backend={'type': 'disk'},
-               feature_store=store, cond_source='store', cond_extra=['image'])
+               feature_store=store)
     if backend == 'lmdb':
         opt.update(dataroot_lq=osp.join(root, 'hazy.lmdb'), dataroot_gt=osp.join(root, 'GT.lmdb'),
                    io_backend={'type': 'lmdb'})
@@ -95,9 +104,10 @@ def bench_dataset(root, store, backend, workers, args):
         except StopIteration:
             it = iter(loader)
             continue
+        vectors = cond(CondBatch.from_data(b, b['lq']))
         n += b['lq'].shape[0]
     dt = time.perf_counter() - t
-    assert b['cond'].shape[1:] == (2, 512) and b['lq'].shape[-1] == args.crop
+    assert vectors.shape[1:] == (2, 512) and b['lq'].shape[-1] == args.crop
     del it, loader
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return {'backend': backend, 'workers': workers, 'crops': n, 'img_per_s': round(n / dt, 1),
@@ -147,7 +157,8 @@ def main(argv=None):
         register_model_cfg(TINY_NAME, TINY_CFG)
         clip_file = osp.join(tmp, 'tiny_clip.pt')
         torch.save({'state_dict': open_clip.create_model(TINY_NAME, pretrained=None).state_dict()}, clip_file)
-        tiny = CLIPPrior(model=TINY_NAME, pretrained=clip_file, model_cfg=TINY_CFG, device=args.device)
+        clip_opt = {'model': TINY_NAME, 'pretrained': clip_file, 'model_cfg': TINY_CFG}
+        tiny = CLIPPrior(**clip_opt, device=args.device)
         store = osp.join(tmp, 'store.pt')
         result['extract_tiny_clip'] = bench_extract(tiny, root, store, args.extract_batch)
         if args.vit_images:
@@ -156,7 +167,7 @@ def main(argv=None):
                                        device=tiny.device)
             result['extract_vit_b32_random_init'] = bench_extract(vit, root, osp.join(tmp, 'vit.pt'),
                                                                   args.extract_batch, limit=args.vit_images)
-        result['dataset'] = [bench_dataset(root, store, backend, w, args) for backend in ('disk', 'lmdb')
+        result['dataset'] = [bench_dataset(root, store, clip_opt, backend, w, args) for backend in ('disk', 'lmdb')
                              for w in args.workers]
     print(json.dumps(result, indent=2))
     return result

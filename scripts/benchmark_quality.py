@@ -6,7 +6,11 @@ Data (``--data DIR``), either layout:
 - folders ``DIR/hazy`` and ``DIR/GT``; pairs from ``DIR/meta.csv`` (columns ``hazy,gt[,domain,...]``, paths relative
   to hazy/ and GT/, as written by scripts/make_haze_pairs.py) or, without it, files with the same stem in both;
 - LMDB ``DIR/hazy.lmdb`` and ``DIR/GT.lmdb`` (BasicSR format); pairs from ``DIR/meta.csv`` (keys = paths without
-  extension) or from the keys both ``meta_info.txt`` files share.
+  extension) or by key.
+
+Pairs are read through the registered dataset ``CLIPPairedImageDataset`` (phase test, no conditioning), so the
+benchmark sees the pixels training and ``test.py`` see; a listed file that is missing or a hazy image without GT
+stops the run before any method runs.
 
 Methods (``--method``, repeatable, and/or ``--methods-yaml``), each ``name=LABEL,method=net|dcp|dehazenet|hazy``
 plus ``weights=FILE``, ``opt=YAML`` and any option of :func:`mixcl_arch.restorers.build_restorer` /
@@ -33,8 +37,8 @@ nets.
 
 Safety: every file written is recorded in ``OUT/.mixcl_outputs.jsonl`` (see :mod:`mixcl_arch.utils.output_guard`);
 an output this script did not write, or one changed since (a user's ``results.csv``, a figure edited by hand),
-stops the run before anything is written, on a resumed run and with ``--no-resume`` alike. Images are decoded as
-the datasets decode them, with the pixel count checked from the header first (a decompression bomb is refused).
+stops the run before anything is written, on a resumed run and with ``--no-resume`` alike. Images are decoded by
+the dataset, with the pixel count checked from the header first (a decompression bomb is refused).
 
 Example::
 
@@ -97,14 +101,15 @@ from tqdm import tqdm  # noqa: E402
 from mixcl_arch.baselines.dcp import MAP_NAMES, dcp_maps  # noqa: E402
 from mixcl_arch.metrics.dehaze_metric import calculate_psnr_dehaze, calculate_ssim_dehaze  # noqa: E402
 from mixcl_arch.utils.flops import count_macs, format_count  # noqa: E402
-from mixcl_arch.data.clip_data_util import decode_image  # noqa: E402
+from mixcl_arch.data.clip_data_util import read_pair_csv  # noqa: E402
+from mixcl_arch.data.clip_paired_image_dataset import CLIPPairedImageDataset  # noqa: E402
 from mixcl_arch.utils.file_io import atomic_imwrite, atomic_write_text  # noqa: E402
+from mixcl_arch.utils.image_io import image_key  # noqa: E402
 from mixcl_arch.utils.options import load_yaml_file, safe_load  # noqa: E402
 from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  # noqa: E402
 
 TOOL = 'benchmark_quality'
 
-IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 RESULT_FIELDS = ['image', 'gt', 'domain', 'method', 'psnr', 'ssim', 'time_ms', 'height', 'width', 'config']
 SUMMARY_FIELDS = ['method', 'domain', 'images', 'psnr', 'ssim', 'time_ms', 'params', 'macs_256']
 SPEC_KEYS = ('name', 'method', 'weights', 'opt')
@@ -113,112 +118,54 @@ SPEC_KEYS = ('name', 'method', 'weights', 'opt')
 # ---------------------------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------------------------
-class PairedSet:
-    """Pairs of a test split. ``items``: list of dicts with 'image' (hazy relative path), 'gt', 'domain' ('' if none).
+def open_pairs(root, meta=None):
+    """The test split ``root`` read through the registered ``CLIPPairedImageDataset`` (phase test, no conditioning).
 
     Args:
         root (str): Split folder with hazy/ + GT/ or hazy.lmdb + GT.lmdb.
-        meta (str | None): Pair CSV; default ROOT/meta.csv when it exists.
+        meta (str | None): Pair CSV (``hazy,gt[,domain]``); default ROOT/meta.csv when it exists. Without one the
+            hazy and GT images are paired by name (the dataset's ``gt_name_rule: identity``).
+
+    Returns:
+        tuple[CLIPPairedImageDataset, list[dict]]: The dataset and one item per pair, in its order: 'index' (into
+        the dataset), 'image' (hazy path as listed: CSV path, relative path on disk or LMDB key), 'gt', 'domain'
+        ('' if none).
 
     Raises:
-        FileNotFoundError: Missing folders, CSV, or files named in the CSV.
-        ValueError: A CSV without hazy/gt columns, or no pairs at all.
+        FileNotFoundError: Missing folders or CSV.
+        ValueError: A CSV without hazy/gt columns, listed files that do not exist, hazy images without GT (checked
+            by the dataset before anything runs; sizes and pixels are checked when a pair is read).
     """
-
-    def __init__(self, root, meta=None):
-        self.root = root
-        if not osp.isdir(root):
-            raise FileNotFoundError(f'--data folder not found: {root}')
-        folders = (osp.join(root, 'hazy'), osp.join(root, 'GT'))
-        lmdbs = (osp.join(root, 'hazy.lmdb'), osp.join(root, 'GT.lmdb'))
-        if all(osp.isdir(f) for f in folders):
-            self.backend = 'disk'
-        elif all(osp.isdir(f) for f in lmdbs):
-            self.backend = 'lmdb'
-        else:
-            raise FileNotFoundError(f'{root}: expected hazy/ and GT/ folders or hazy.lmdb and GT.lmdb.')
-        meta = meta or (osp.join(root, 'meta.csv') if osp.isfile(osp.join(root, 'meta.csv')) else None)
-        if meta is not None and not osp.isfile(meta):
-            raise FileNotFoundError(f'Pair CSV not found: {meta}')
-        self.meta = meta
-        self.items = self._pairs_from_csv(meta) if meta else self._pairs_by_name()
-        if not self.items:
-            raise ValueError(f'{root}: no hazy/GT pairs found.')
-        self.has_domain = any(it['domain'] for it in self.items)
-
-    def _pairs_from_csv(self, meta):
-        with open(meta, newline='', encoding='utf-8') as f:
-            rows = list(csv.DictReader(f))
-        if not rows or 'hazy' not in rows[0] or 'gt' not in rows[0]:
-            raise ValueError(f'{meta}: a pair CSV needs a header with columns hazy,gt (optional domain).')
+    if not osp.isdir(root):
+        raise FileNotFoundError(f'--data folder not found: {root}')
+    for backend, ext in (('disk', ''), ('lmdb', '.lmdb')):
+        lq, gt = osp.join(root, 'hazy' + ext), osp.join(root, 'GT' + ext)
+        if osp.isdir(lq) and osp.isdir(gt):
+            break
+    else:
+        raise FileNotFoundError(f'{root}: expected hazy/ and GT/ folders or hazy.lmdb and GT.lmdb.')
+    meta = meta or (osp.join(root, 'meta.csv') if osp.isfile(osp.join(root, 'meta.csv')) else None)
+    if meta is not None and not osp.isfile(meta):
+        raise FileNotFoundError(f'Pair CSV not found: {meta}')
+    # images are checked when read, by the decoder (a decompression bomb is refused naming its size and the limit)
+    opt = {'name': osp.basename(osp.normpath(root)), 'phase': 'test', 'dataroot_lq': lq, 'dataroot_gt': gt,
+           'io_backend': {'type': backend}, 'meta_file': meta, 'check_images': False}
+    dataset = CLIPPairedImageDataset(opt)
+    if meta:  # the dataset keeps every CSV row, in order; names and domains as the CSV spells them
+        rows = read_pair_csv(meta)
         items = [{'image': r['hazy'], 'gt': r['gt'], 'domain': (r.get('domain') or '').strip()} for r in rows]
-        if self.backend == 'disk':
-            for it in items:
-                for sub, key in (('hazy', 'image'), ('GT', 'gt')):
-                    path = osp.join(self.root, sub, it[key])
-                    if not osp.isfile(path):
-                        raise FileNotFoundError(f'{meta}: {key} file {path} does not exist.')
-        else:
-            keys = {sub: self._lmdb_keys(sub) for sub in ('hazy', 'GT')}
-            for it in items:
-                for sub, key in (('hazy', 'image'), ('GT', 'gt')):
-                    if _lmdb_key(it[key]) not in keys[sub]:
-                        raise FileNotFoundError(f'{meta}: key {_lmdb_key(it[key])!r} not in {sub}.lmdb/meta_info.txt')
-        return items
-
-    def _pairs_by_name(self):
-        if self.backend == 'lmdb':
-            hazy, gt = self._lmdb_keys('hazy'), self._lmdb_keys('GT')
-            return [{'image': k, 'gt': k, 'domain': ''} for k in sorted(set(hazy) & set(gt))]
-        hazy, gt = _scan(osp.join(self.root, 'hazy')), _scan(osp.join(self.root, 'GT'))
-        missing = sorted(set(hazy) - set(gt))
-        if missing:
-            raise FileNotFoundError(f'{self.root}: no GT for hazy image(s) {missing[:5]} (same name expected in GT/, '
-                                    'or give a pair CSV with --meta).')
-        return [{'image': hazy[s], 'gt': gt[s], 'domain': ''} for s in sorted(hazy)]
-
-    def _lmdb_keys(self, sub):
-        from mixcl_arch.utils.lmdb_tools import lmdb_env, read_meta_info
-        lmdb_env(osp.join(self.root, f'{sub}.lmdb'))  # a zero-byte or truncated data.mdb fails here, not with SIGBUS
-        return {k for k, _, _ in read_meta_info(osp.join(self.root, f'{sub}.lmdb'))}
-
-    def read(self, item):
-        """(hazy, gt) as float32 RGB (H, W, 3) arrays in [0, 1].
-
-        Both backends decode with the datasets' checked decoder (:func:`mixcl_arch.data.clip_data_util.decode_image`,
-        as ``test.py`` does): the same pixels from a folder and from its LMDB, and a header declaring more than
-        ``MIXCL_MAX_PIXELS`` (200 MP) pixels is refused before anything is decoded.
-        """
-        hazy, gt = self._read('hazy', item['image']), self._read('GT', item['gt'])
-        if hazy.shape != gt.shape:
-            raise ValueError(f"Size mismatch: hazy {item['image']} {hazy.shape[:2]} vs GT {item['gt']} "
-                             f'{gt.shape[:2]}.')
-        return hazy, gt
-
-    def _read(self, sub, rel):
-        if self.backend == 'disk':
-            path = osp.join(self.root, sub, rel)
-            return decode_image(np.fromfile(path, dtype=np.uint8), path)
-        from mixcl_arch.utils.lmdb_tools import lmdb_env
-        with lmdb_env(osp.join(self.root, f'{sub}.lmdb')).begin(write=False) as txn:
-            buf = txn.get(_lmdb_key(rel).encode('ascii'))
-        if buf is None:
-            raise FileNotFoundError(f'Key {_lmdb_key(rel)!r} missing in {sub}.lmdb')
-        return decode_image(buf, f'{sub}.lmdb key {_lmdb_key(rel)!r}')
+    else:
+        items = [{'image': lq_name, 'gt': gt_name, 'domain': ''} for lq_name, gt_name in dataset.pairs]
+    if len(items) != len(dataset):
+        raise ValueError(f'{meta}: {len(items)} rows but {len(dataset)} pairs read.')
+    for index, item in enumerate(items):
+        item['index'] = index
+    return dataset, items
 
 
-def _lmdb_key(rel):
-    return osp.splitext(rel.replace(os.sep, '/'))[0]
-
-
-def _scan(folder):
-    out = {}
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            if name.lower().endswith(IMG_EXTS):
-                rel = osp.relpath(osp.join(dirpath, name), folder)
-                out[osp.splitext(rel)[0]] = rel
-    return out
+def _hwc(tensor):
+    """(3, H, W) tensor -> (H, W, 3) float32 array."""
+    return tensor.numpy().transpose(1, 2, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,7 +200,7 @@ def normalize_method(entry, where, text=False):
     """Check a method mapping and fill its defaults (name = method); ``text``: its params are ``KEY=VALUE`` text."""
     if not isinstance(entry, dict) or not entry.get('method'):
         raise ValueError(f'Method {where!r}: needs method=net|dcp|dehazenet|hazy.')
-    from mixcl_arch.restorers import METHODS
+    from mixcl_arch.methods import METHODS
     if entry['method'] not in METHODS:
         raise ValueError(f"Method {where!r}: unknown method {entry['method']!r}; expected one of {METHODS}.")
     params = dict(entry.get('params') or {})
@@ -373,7 +320,7 @@ def check_own(manifest, paths):
 
 def image_path(out, method, item):
     """``--save-images`` file of one method's output for one pair."""
-    return osp.join(out, 'images', method['name'], osp.splitext(item['image'])[0] + '.png')
+    return osp.join(out, 'images', method['name'], image_key(item['image']) + '.png')
 
 
 def summarize(rows, methods, costs):
@@ -485,7 +432,7 @@ def pick_figure_items(items, spec, seed):
     for it in items:
         by_name.setdefault(it['image'], it)
         by_name.setdefault(osp.basename(it['image']), it)
-        by_name.setdefault(osp.splitext(osp.basename(it['image']))[0], it)
+        by_name.setdefault(image_key(it['image']).rpartition('/')[2], it)
     missing = [w for w in wanted if w not in by_name]
     if missing:
         raise ValueError(f'--figure: image(s) {missing} not in the test set.')
@@ -496,10 +443,10 @@ def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = load_methods(args)
-    data = PairedSet(args.data, args.meta)
+    data, all_items = open_pairs(args.data, args.meta)
     inputs = [args.data, args.meta, args.methods_yaml] + [m[k] for m in methods for k in ('weights', 'opt')]
     check_outputs_apart([args.out], inputs, '--out')
-    items = data.items[:args.max_images] if args.max_images else data.items
+    items = all_items[:args.max_images] if args.max_images else all_items
     fig_items = pick_figure_items(items, args.figure, args.seed)
     fig_keys = {it['image'] for it in fig_items}
     os.makedirs(args.out, exist_ok=True)
@@ -531,8 +478,9 @@ def run(args):
             warm = False
             bar = tqdm(todo, desc=m['name'], disable=args.quiet or not todo, dynamic_ncols=True)
             for it in bar:
-                hazy, gt = data.read(it)
-                x = torch.from_numpy(hazy.transpose(2, 0, 1)).unsqueeze(0).to(dev)
+                sample = data[it['index']]
+                hazy, gt = _hwc(sample['lq']), _hwc(sample['gt'])
+                x = sample['lq'].unsqueeze(0).to(dev)
                 if not warm:
                     restorer(x)
                     warm = True
@@ -558,7 +506,7 @@ def run(args):
                     path = image_path(args.out, m, it)
                     atomic_imwrite(_to_u8(y[0].numpy().transpose(1, 2, 0))[..., ::-1], path)
                     manifest.record(path)
-                g = torch.from_numpy(gt.transpose(2, 0, 1)).unsqueeze(0)
+                g = sample['gt'].unsqueeze(0)
                 rows.append({'image': it['image'], 'gt': it['gt'], 'domain': it['domain'], 'method': m['name'],
                              'psnr': f'{calculate_psnr_dehaze(y, g):.4f}', 'ssim': f'{calculate_ssim_dehaze(y, g):.6f}',
                              'time_ms': f'{ms:.3f}', 'height': hazy.shape[0], 'width': hazy.shape[1],

@@ -56,7 +56,6 @@ PAPER_TEMPLATE = 'a photo of a {}.'  # the CLIP paper's default prompt
 REFERENCE_TEMPLATE = 'a photo of a {}'  # the reference clip_text.py (the project's domain step)
 # the reference clip.sh models in open_clip's names, all with OpenAI's weights
 CLIP_SH_MODELS = ('RN50', 'RN101', 'RN50x4', 'RN50x16', 'RN50x64', 'ViT-B-32', 'ViT-B-16', 'ViT-L-14', 'ViT-L-14-336')
-IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
 # ------------------------------------------------------------------------------------------------------ the data
@@ -86,7 +85,7 @@ class LabelledSet:
         rows = _image_folder(args.data) if args.data else _csv_rows(args.csv, args.path_col, args.label_col, args.root)
         source = args.data or args.csv
         if not rows:
-            raise ValueError(f'{source}: no labelled images found (extensions {" ".join(IMG_EXTS)}).')
+            raise ValueError(f'{source}: no labelled images found (extensions {" ".join(IMG_EXTENSIONS)}).')
         found = sorted({label for _, label in rows})
         classes = list(args.classes) if args.classes else found
         if len(set(classes)) != len(classes) or len(classes) < 2:
@@ -103,9 +102,8 @@ def _image_folder(root):
         raise FileNotFoundError(f'--data folder not found: {root}')
     rows = []
     for cls_name in sorted(d for d in os.listdir(root) if osp.isdir(osp.join(root, d)) and not d.startswith('.')):
-        for dirpath, dirs, files in os.walk(osp.join(root, cls_name)):
-            dirs.sort()
-            rows += [(osp.join(dirpath, f), cls_name) for f in sorted(files) if f.lower().endswith(IMG_EXTS)]
+        folder = osp.join(root, cls_name)
+        rows += [(osp.join(folder, rel), cls_name) for rel in scan_images(folder, allow_empty=True)]
     return rows
 
 
@@ -145,8 +143,7 @@ class _Images:
         import numpy as np
         from PIL import Image
 
-        from mixcl_arch.utils.image_io import read_image
-        rgb, _ = read_image(self.paths[i])
+        rgb = decode_image(self.paths[i])
         return self.preprocess(Image.fromarray((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)))
 
 
@@ -479,6 +476,7 @@ if __name__ == '__main__':
     parse_args()  # --help and usage errors answer here, before the imports below (torch and basicsr take seconds)
 
 import mixcl_arch  # noqa: E402,F401  (before basicsr)
+from mixcl_arch.utils.image_io import IMG_EXTENSIONS, decode_image, scan_images  # noqa: E402
 from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  # noqa: E402
 
 

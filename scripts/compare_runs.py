@@ -41,15 +41,15 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 TOOL = 'compare-runs'
-IMG_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 REFERENCE_COLUMNS = ('image', 'psnr', 'ssim')  # the reference test.py's headerless results.csv
 KEYS = ('stem', 'path')
 
 
-def image_key(name, key):
-    """Matching key of an image name: basename ('stem') or relative path ('path'), without extension."""
-    name = name.replace('\\', '/')
-    return osp.splitext(osp.basename(name) if key == 'stem' else name)[0]
+def match_key(name, key):
+    """Matching key of an image name: its :func:`~mixcl_arch.utils.image_io.image_key` (relative path without
+    extension, for 'path') or that key's last part (for 'stem'); Windows separators in CSVs are read as '/'."""
+    full = image_key(name.replace('\\', '/'))
+    return full.rpartition('/')[2] if key == 'stem' else full
 
 
 def _unique(pairs, source, key):
@@ -97,17 +97,11 @@ def read_csv_values(path, metric, method=None, key='stem'):
         records = [r for r in records if r['method'] == method]
     elif method is not None:
         raise ValueError(f'{path} has no method column; --method-a / --method-b apply to benchmark results.csv.')
-    return _unique(((image_key(r['image'], key), _float(r[metric])) for r in records), path, key)
+    return _unique(((match_key(r['image'], key), _float(r[metric])) for r in records), path, key)
 
 
 def _scan(folder, key):
-    pairs = []
-    for dirpath, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(files):
-            if name.lower().endswith(IMG_EXTS):
-                full = osp.join(dirpath, name)
-                pairs.append((image_key(osp.relpath(full, folder), key), full))
+    pairs = [(match_key(rel, key), osp.join(folder, rel)) for rel in scan_images(folder, allow_empty=True)]
     return _unique(pairs, folder, key)
 
 
@@ -115,14 +109,13 @@ def folder_values(folder, gt_folder, metric, key='stem'):
     """{image key: metric of the folder's image against the GT image with the same key}; images without GT are
     left out (None)."""
     from mixcl_arch.metrics.dehaze_metric import calculate_psnr_dehaze, calculate_ssim_dehaze
-    from mixcl_arch.utils.haze import imread_rgb
     fn = {'psnr': calculate_psnr_dehaze, 'ssim': calculate_ssim_dehaze}.get(metric)
     if fn is None:
         raise ValueError(f'--metric {metric!r}: folders are scored with psnr or ssim.')
     gts = _scan(gt_folder, key)
     out = {}
     for k, path in _scan(folder, key).items():
-        out[k] = fn(imread_rgb(path), imread_rgb(gts[k])) if k in gts else None
+        out[k] = fn(decode_image(path), decode_image(gts[k])) if k in gts else None
     return out
 
 
@@ -224,6 +217,7 @@ if __name__ == '__main__':
     parse_args()  # --help and usage errors answer here, before the imports below (torch and basicsr take seconds)
 
 import mixcl_arch  # noqa: E402,F401  (before basicsr)
+from mixcl_arch.utils.image_io import decode_image, image_key, scan_images  # noqa: E402
 from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  # noqa: E402
 
 

@@ -57,7 +57,7 @@ if __name__ == '__main__':
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mixcl_arch.utils.file_io import atomic_write_bytes  # noqa: E402
-from mixcl_arch.utils.lmdb_tools import make_lmdb_from_folder  # noqa: E402
+from mixcl_arch.data.lmdb_tools import make_lmdb_from_folder  # noqa: E402
 from mixcl_arch.utils.output_guard import check_outputs_apart  # noqa: E402
 
 LMDB_FILES = {'data.mdb', 'lock.mdb', 'meta_info.txt'}

@@ -89,9 +89,9 @@ if [ -n "${MIXCL_CLIP_WEIGHTS:-}" ]; then
     "$PY" scripts/extract_clip_features.py -opt "$OPT" --dataroot "$OUT/data/$split/hazy" \
       --out "$OUT/data/$split/clip_features.pt" --pretrained "$MIXCL_CLIP_WEIGHTS"
   done
-  FORCE+=("clip:pretrained=$MIXCL_CLIP_WEIGHTS"
-          "datasets:train:cond_source=store" "datasets:train:feature_store=data/train/clip_features.pt"
-          "datasets:val:cond_source=store" "datasets:val:feature_store=data/test/clip_features.pt")
+  FORCE+=("clip:pretrained=$MIXCL_CLIP_WEIGHTS" "conditioning:source=store"
+          "datasets:train:feature_store=data/train/clip_features.pt"
+          "datasets:val:feature_store=data/test/clip_features.pt")
   COND="real CLIP features ($MIXCL_CLIP_WEIGHTS)"
   CLI_COND=(--clip-pretrained "$MIXCL_CLIP_WEIGHTS")
 else

@@ -30,6 +30,7 @@ Examples::
         --standin-domain outdoor
 """
 import argparse
+import inspect
 import json
 import os
 import os.path as osp
@@ -97,49 +98,17 @@ from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  #
 TOOL = 'extract_clip_features'
 
 
-def cliphaze_options(args, opt):
-    """The CLIPHaze conditioning config (None without --density): the YAML's cliphaze_cond: section (top level, else
-    the first dataset's) overridden by the command line."""
+def conditioning_options(args, opt):
+    """The run's :class:`~mixcl_arch.conditioning.config.ConditioningConfig`: the YAML's ``clip:`` and
+    ``cliphaze_cond:`` sections (parsed by the config, the one reader) with the command line's overrides."""
     from mixcl_arch.clip.cliphaze_cond import CLIPHazeCondConfig
-    if not args.density:
-        return None
-    opt = opt or {}
-    datasets = [d for d in (opt.get('datasets') or {}).values() if isinstance(d, dict) and d.get('cliphaze_cond')]
-    cfg = dict(opt.get('cliphaze_cond') or (datasets[0]['cliphaze_cond'] if datasets else {}))
-    flags = {'density_source': args.density_source, 'crop': args.density_crop, 'stride': args.density_stride,
-             'normalize': args.density_normalize, 'store_scale': args.density_scale,
-             'hazy_templates': args.hazy_template, 'clear_templates': args.clear_template, 'scenes': args.scene,
-             'embedding_source': args.embedding_source, 'standin_domain': args.standin_domain}
-    cfg.update({k: v for k, v in flags.items() if v is not None})
-    if args.density_short_side is not None:
-        side = args.density_short_side.strip().lower()
-        cfg['short_side'] = None if side in ('none', 'null', '') else int(side)
-    if args.dcp_param:
-        dcp = dict(cfg.get('dcp') or {})
-        for spec in args.dcp_param:
-            key, sep, value = spec.partition('=')
-            if not sep:
-                raise ValueError(f'--dcp-param {spec!r}: expected KEY=VALUE')
-            dcp[key.strip()] = value.strip()
-        cfg['dcp'] = dcp
-    return CLIPHazeCondConfig.from_opt(cfg)
-
-
-def clip_options(args, opt):
-    """The CLIPPrior options: the YAML's clip: section overridden by the command line."""
-    from mixcl_arch.clip import COND_OPTION_KEYS
-    clip = {k: v for k, v in dict((opt or {}).get('clip') or {}).items() if k not in COND_OPTION_KEYS}
-    if args.model:
-        clip['model'] = args.model
-    if args.pretrained:
-        clip['pretrained'] = args.pretrained
+    from mixcl_arch.conditioning.config import ClipOptions, ConditioningConfig
+    from mixcl_arch.utils.options import OptionError
+    cfg = ConditioningConfig.from_options(opt or {})
+    clip = cfg.clip.as_dict()
     if args.model_cfg:
         with open(args.model_cfg) as f:
             clip['model_cfg'] = json.load(f)
-    if args.domains:
-        clip['domains'] = args.domains
-    if args.templates:
-        clip['templates'] = args.templates
     if args.prompt_set:
         sets = dict(clip.get('prompt_sets') or {})
         for spec in args.prompt_set:
@@ -150,14 +119,31 @@ def clip_options(args, opt):
         clip['prompt_sets'] = sets
     if args.quick_gelu:
         clip['quick_gelu'] = None if args.quick_gelu == 'auto' else args.quick_gelu == 'true'
-    if args.dtype:
-        clip['dtype'] = args.dtype
-    if args.clip_torchscript:
-        clip['torchscript'] = True
-    clip['device'] = args.device
-    clip.setdefault('model', 'ViT-B-32')
-    clip.setdefault('pretrained', 'openai')
-    return clip
+    flags = {'model': args.model, 'pretrained': args.pretrained, 'domains': args.domains, 'templates': args.templates,
+             'dtype': args.dtype, 'torchscript': args.clip_torchscript or None}
+    clip.update({k: v for k, v in flags.items() if v is not None})
+    cliphaze = dict((opt or {}).get('cliphaze_cond') or {})  # raw keys, so derived defaults follow the overrides
+    flags = {'density_source': args.density_source, 'crop': args.density_crop, 'stride': args.density_stride,
+             'normalize': args.density_normalize, 'store_scale': args.density_scale,
+             'hazy_templates': args.hazy_template, 'clear_templates': args.clear_template, 'scenes': args.scene,
+             'embedding_source': args.embedding_source, 'standin_domain': args.standin_domain}
+    cliphaze.update({k: v for k, v in flags.items() if v is not None})
+    if args.density_short_side is not None:
+        side = args.density_short_side.strip().lower()
+        cliphaze['short_side'] = None if side in ('none', 'null', '') else int(side)
+    if args.dcp_param:
+        dcp = dict(cliphaze.get('dcp') or {})
+        for spec in args.dcp_param:
+            key, sep, value = spec.partition('=')
+            if not sep:
+                raise ValueError(f'--dcp-param {spec!r}: expected KEY=VALUE')
+            dcp[key.strip()] = value.strip()
+        cliphaze['dcp'] = dcp
+    try:
+        cliphaze = CLIPHazeCondConfig.from_opt(cliphaze)
+    except ValueError as err:
+        raise OptionError(str(err)) from None
+    return cfg.replace(clip=ClipOptions.from_dict(clip), cliphaze=cliphaze)
 
 
 def is_lmdb(path):
@@ -166,15 +152,15 @@ def is_lmdb(path):
 
 def list_keys(dataroot, meta_file=None):
     """[(key, name)]: store key and the name to read (relative path on disk, key in an LMDB)."""
-    from mixcl_arch.clip import image_key
-    from mixcl_arch.data.clip_data_util import index_unique, read_pair_csv, scan_images, strip_ext
+    from mixcl_arch.data.clip_data_util import index_unique, read_pair_csv
+    from mixcl_arch.utils.image_io import image_key, scan_images
     lmdb = is_lmdb(dataroot)
     if lmdb:
-        from mixcl_arch.utils.lmdb_tools import lmdb_env, read_meta_info
+        from mixcl_arch.data.lmdb_tools import lmdb_env, read_meta_info
         lmdb_env(dataroot)  # a zero-byte or truncated data.mdb fails here, not with SIGBUS at the first read
-        avail = [strip_ext(k) for k, _, _ in read_meta_info(dataroot)]  # BasicSR's writer lists 'key.png'
+        avail = [image_key(k) for k, _, _ in read_meta_info(dataroot)]  # BasicSR's writer lists 'key.png'
     else:
-        avail = scan_images(dataroot) if not meta_file else None
+        avail = scan_images(dataroot, followlinks=True) if not meta_file else None
     if meta_file:
         from mixcl_arch.data.clip_paired_image_dataset import CLIPPairedImageDataset
         names = [r['hazy'].replace(os.sep, '/') for r in read_pair_csv(meta_file)]
@@ -211,10 +197,10 @@ class _Images:
         import torch
         from PIL import Image
 
-        from mixcl_arch.data.clip_data_util import decode_image
+        from mixcl_arch.utils.image_io import decode_image
         key, name = self.items[i]
         if self.lmdb:
-            from mixcl_arch.utils.lmdb_tools import lmdb_env
+            from mixcl_arch.data.lmdb_tools import lmdb_env
             with lmdb_env(self.root).begin(write=False) as txn:
                 buf = txn.get(name.encode('ascii'))
             if buf is None:
@@ -238,8 +224,8 @@ def _collate(batch):
 
 def csv_domains(meta_file, lmdb):
     """{store key: domain label} from a pair CSV's domain column ({} without a file or column)."""
-    from mixcl_arch.clip import image_key
     from mixcl_arch.data.clip_data_util import read_pair_csv
+    from mixcl_arch.utils.image_io import image_key
     if not meta_file:
         return {}
     from mixcl_arch.data.clip_paired_image_dataset import CLIPPairedImageDataset
@@ -404,26 +390,27 @@ def main(argv=None):
             raise FileNotFoundError(f'Options file not found: {args.opt}')
         opt = load_yaml_file(args.opt)
     from mixcl_arch.clip import CLIPPrior, CLIPWeightsError
-    clip = clip_options(args, opt)
-    cond = cliphaze_options(args, opt)
+    cfg = conditioning_options(args, opt)
+    cond = cfg.cliphaze if args.density else None
+    clip = cfg.clip.as_dict()
     # the stand-in route (DCP density, stand-in embedding) runs without CLIP weights
     standin = cond is not None and cond.density_source == 'dcp' and cond.embedding_source == 'standin'
-    jobs = jobs_from(args, opt, 'standin' if standin else str(clip['model']).replace('/', '-'))
+    defaults = inspect.signature(CLIPPrior).parameters  # CLIPPrior's own defaults for what the options leave out
+    model, domains = clip.get('model', defaults['model'].default), clip.get('domains', defaults['domains'].default)
+    jobs = jobs_from(args, opt, 'standin' if standin else str(model).replace('/', '-'))
     for root, out, meta in jobs:  # fail on bad input before loading CLIP
         check_outputs_apart([out], [root, meta], 'feature store')
         store_manifest(out, args.overwrite)
         list_keys(root, meta)
     try:
-        prior = None if standin else CLIPPrior.from_opt(clip)
+        prior = None if standin else CLIPPrior(**cfg.clip.prior_kwargs(args.device))
     except CLIPWeightsError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    summaries = []
     for root, out, meta in jobs:
         s = extract(prior, root, out, meta, args.batch_size, args.num_workers, args.save_every, args.overwrite,
-                    progress=not args.quiet, cond=cond, domains=clip.get('domains') or ('indoor', 'outdoor'))
+                    progress=not args.quiet, cond=cond, domains=domains)
         print(json.dumps(s), flush=True)
-        summaries.append(s)
     return 0
 
 

@@ -67,7 +67,9 @@ import numpy as np  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
-from mixcl_arch.utils.haze import atomic_imwrite, atomic_write_text, write_pfm  # noqa: E402
+from mixcl_arch.data.haze_synthesis import write_pfm  # noqa: E402
+from mixcl_arch.utils.file_io import atomic_imwrite, atomic_write_text  # noqa: E402
+from mixcl_arch.utils.image_io import IMG_EXTENSIONS, decode_image  # noqa: E402
 from mixcl_arch.utils.output_guard import MANIFEST_NAME, OutputManifest, check_outputs_apart  # noqa: E402
 
 TOOL = 'make_demo_data'
@@ -108,7 +110,7 @@ def prepare_out(out):
 
 def _find_output(folder, hazy_rel):
     stem = osp.splitext(hazy_rel)[0]
-    for ext in ('.png', '.jpg', '.jpeg', '.webp', '.tif', '.tiff', '.bmp'):
+    for ext in IMG_EXTENSIONS:
         if osp.isfile(osp.join(folder, stem + ext)):
             return osp.join(folder, stem + ext)
     raise FileNotFoundError(f'No dehazed output for {hazy_rel} in {folder} (expected {stem}.png or similar)')
@@ -140,10 +142,8 @@ def report(data_root, dehazed_dir, out_dir):
             'dehazed': _find_output(dehazed_dir, row['hazy']),
             'gt': osp.join(data_root, 'test', 'GT', row['gt'])
         }
-        imgs = {k: cv2.imread(v, cv2.IMREAD_COLOR) for k, v in paths.items()}
-        for k, v in imgs.items():
-            if v is None:
-                raise ValueError(f'Unreadable image {paths[k]}')
+        # 8-bit BGR, as BasicSR's calculate_psnr / calculate_ssim and the OpenCV drawing take them
+        imgs = {k: (decode_image(v)[..., ::-1] * 255).round().astype(np.uint8) for k, v in paths.items()}
         if imgs['dehazed'].shape != imgs['gt'].shape:
             raise ValueError(f'{paths["dehazed"]} is {imgs["dehazed"].shape}, GT {paths["gt"]} is {imgs["gt"].shape}')
         rec = {'hazy': row['hazy'], 'beta': float(row['beta']), 'A': float(row['A'])}

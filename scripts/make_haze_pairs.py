@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Turn a folder of clear images into hazy/clear pairs in the DehazeFormer layout.
 
-Model: I = J * t + A * (1 - t), t = exp(-beta * d)  (see mixcl_arch/utils/haze.py for the conventions).
+Model: I = J * t + A * (1 - t), t = exp(-beta * d)  (see mixcl_arch/data/haze_synthesis.py for the conventions).
 
 Output::
 
@@ -12,9 +12,9 @@ Output::
     ROOT/test/...                                        held-out images (never shared with train)
 
 Depth: from ``--depth-dir`` (a file named like the image's relative path with extension .npy, .png or .pfm) when
-present, else a pseudo-depth (vertical prior + smoothed dark channel, see haze.pseudo_depth). beta and A are drawn
-per domain from RESIDE-like ranges (indoor: ITS, outdoor: OTS); every image has its own random stream derived from
---seed and its relative path, so runs are reproducible and adding images does not change the others.
+present, else a pseudo-depth (vertical prior + smoothed dark channel, see haze_synthesis.pseudo_depth). beta and A
+are drawn per domain from RESIDE-like ranges (indoor: ITS, outdoor: OTS); every image has its own random stream
+derived from --seed and its relative path, so runs are reproducible and adding images does not change the others.
 
 Example::
 
@@ -50,7 +50,6 @@ import io
 import json
 import os
 import os.path as osp
-import re
 import secrets
 import shutil
 import sys
@@ -58,8 +57,8 @@ import time
 
 TOOL = 'make_haze_pairs'
 SPLITS = ('train', 'test')
-# the keys of mixcl_arch.utils.haze.DOMAIN_PRESETS, spelled out so that --help needs no torch (tests/test_polish.py
-# checks that they agree)
+# the keys of mixcl_arch.data.haze_synthesis.DOMAIN_PRESETS, spelled out so that --help needs no torch
+# (tests/test_polish.py checks that they agree)
 DOMAINS = ('indoor', 'outdoor')
 PAIRED_GT = 'GT_paired'  # --basicsr-layout: one GT link per hazy image, under the hazy image's name
 
@@ -128,35 +127,23 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mixcl_arch.utils.file_io import atomic_imwrite, atomic_open, atomic_write_text  # noqa: E402
-from mixcl_arch.utils.haze import (DOMAIN_PRESETS, IMG_EXTENSIONS, fill_invalid_depth, haze_depth,  # noqa: E402
-                                   image_rng, imread_rgb, load_depth_file, pseudo_depth, sample_haze_params,
-                                   synthesize_haze)
+from mixcl_arch.data.clip_data_util import index_unique  # noqa: E402
+from mixcl_arch.data.haze_synthesis import (DOMAIN_PRESETS, clear_stem, fill_invalid_depth,  # noqa: E402
+                                            haze_depth, haze_name, image_rng, load_depth_file, pseudo_depth,
+                                            sample_haze_params, synthesize_haze)
+from mixcl_arch.utils.image_io import decode_image, image_key, scan_images  # noqa: E402
 from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  # noqa: E402
 
 
-# suffix of the hazy names written here: _<version>_<A>_<beta> (see the module docstring)
-HAZE_SUFFIX = re.compile(r'_\d+_\d+\.\d+_\d+\.\d+$')
-
-
 def list_images(folder):
-    """Sorted relative paths (forward slashes) of the images under ``folder``."""
-    if not osp.isdir(folder):
-        raise FileNotFoundError(f'Input folder not found: {folder}')
-    rels = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-        for name in filenames:
-            if name.lower().endswith(IMG_EXTENSIONS) and not name.startswith('.'):
-                rels.append(osp.relpath(osp.join(dirpath, name), folder).replace(os.sep, '/'))
-    if not rels:
-        raise ValueError(f'No images found in {folder} (extensions: {", ".join(IMG_EXTENSIONS)})')
-    stems = {}
-    for rel in sorted(rels):
-        stem = osp.splitext(rel)[0]
-        if stem in stems:
-            raise ValueError(f'Two input images share the stem {stem!r}: {stems[stem]} and {rel}; rename one')
-        stems[stem] = rel
-    return sorted(rels)
+    """Sorted '/'-separated relative paths of the images under ``folder``.
+
+    Raises:
+        ValueError: No images, or two images with one stem (``a.png`` and ``a.jpg`` would write the same outputs).
+    """
+    rels = scan_images(folder)
+    index_unique([(image_key(rel), rel) for rel in rels], folder)
+    return rels
 
 
 def resolve_domains(rels, args):
@@ -251,7 +238,7 @@ def to_u8_bgr(img):
 def process_image(rel, split, n_versions, domain, depth_file, args, presets, manifest):
     """Write the GT and the hazy versions of one image; return its meta rows."""
     src = osp.join(args.input, rel)
-    clear = imread_rgb(src)  # checked: a decompression bomb is refused before OpenCV sees it
+    clear = decode_image(src)  # checked: a decompression bomb is refused before OpenCV sees it
     if depth_file is not None:
         depth = load_depth_file(depth_file, kind=args.depth_kind, png_scale=args.png_scale, focal=args.focal,
                                 baseline=args.baseline, doffs=args.doffs)
@@ -271,7 +258,7 @@ def process_image(rel, split, n_versions, domain, depth_file, args, presets, man
     scale = args.depth_scale if args.depth_scale is not None else presets[domain]['depth_scale']
     d = haze_depth(depth, depth_scale=scale, depth_norm=args.depth_norm)
 
-    stem = osp.splitext(rel)[0]
+    stem = image_key(rel)
     gt_rel = stem + '.png'
     gt_path = osp.join(args.output, split, 'GT', gt_rel)
     atomic_imwrite(to_u8_bgr(clear), gt_path)
@@ -281,7 +268,7 @@ def process_image(rel, split, n_versions, domain, depth_file, args, presets, man
     for k in range(1, n_versions + 1):
         beta, A = sample_haze_params(rng, domain, presets)
         hazy, _ = synthesize_haze(clear, d, beta, A)
-        hazy_rel = f'{stem}_{k}_{A:.2f}_{beta:.3f}{args.hazy_ext}'
+        hazy_rel = haze_name(stem, k, A, beta) + args.hazy_ext
         hazy_path = osp.join(args.output, split, 'hazy', hazy_rel)
         atomic_imwrite(to_u8_bgr(hazy), hazy_path)
         manifest.record(hazy_path)
@@ -371,14 +358,14 @@ def index_existing(args):
     hazy = list_images(hazy_dir)
     gts = {}
     for rel in list_images(gt_dir):
-        gts.setdefault(osp.splitext(rel)[0], rel)
+        gts.setdefault(image_key(rel), rel)
     args.input = hazy_dir
     domains = resolve_domains(hazy, args)
     rows, missing = [], []
     for rel in hazy:
-        stem = osp.splitext(rel)[0]
-        # our own names first (<stem>_<k>_<A>_<beta>, the stem may contain '_'), then RESIDE's first token
-        ours = HAZE_SUFFIX.sub('', stem)
+        stem = image_key(rel)
+        # our own names first (haze_name: <stem>_<k>_<A>_<beta>), then RESIDE's first token
+        ours = clear_stem(stem) or stem
         head = osp.join(osp.dirname(stem), osp.basename(stem).split('_')[0]).replace(os.sep, '/').lstrip('./')
         gt = gts.get(stem) or (gts.get(ours) if ours != stem else None) or gts.get(head) \
             or gts.get(osp.basename(stem).split('_')[0])

@@ -7,6 +7,8 @@ wheel >= 0.46), then ``pip install --no-deps --no-build-isolation`` of the check
 the demo option file itself, shortened by ``--force_yml``. The BasicSR source tree is a copy of the installed 1.4.2
 package: the ``basicsr/`` folder of the PyPI sdist is the same files (only ``version.py``'s build stamp differs).
 """
+import ast
+import glob
 import importlib.util
 import json
 import os
@@ -20,7 +22,7 @@ import pytest
 import yaml
 
 import mixcl_arch_hook
-from _train_helpers import ROOT, run_entry, validation_values, write_yaml
+from _train_helpers import ROOT, make_pair_dataset, run_entry, tiny_train_opt, validation_values, write_yaml
 from mixcl_arch.basicsr_hook import is_basicsr_entry_point
 
 DEMO_OPT = osp.join(ROOT, 'options', 'train', 'train_MixCLDehazeNet_T_demo.yml')
@@ -83,6 +85,7 @@ def demo_test_opt(name):
     with open(DEMO_OPT) as f:
         train = yaml.safe_load(f)
     return dict(name=name, model_type=train['model_type'], num_gpu=0, clip=train['clip'],
+                conditioning=train['conditioning'],
                 datasets=dict(test_1=train['datasets']['val']), network_g=train['network_g'],
                 path=dict(pretrain_network_g=f'experiments/{NAME}/models/net_g_latest.pth', strict_load_g=True),
                 val=dict(save_img=True, metrics=train['val']['metrics']))
@@ -126,8 +129,10 @@ def test_python_m_basicsr_train_writes_under_cwd_with_clip(python_m_runs):
     assert f'experiments_root: {exp}' in log  # not site-packages, where BasicSR's __main__ puts it
     assert {'net_g_2.pth', 'net_g_latest.pth'} <= set(os.listdir(exp / 'models'))
     assert os.listdir(exp / 'training_states') == ['2.state']
-    # the YAML's top-level clip: reached both datasets (BasicSR passes each dataset only its own section)
-    assert dataset_option_dumps(log).count('clip:[') == 2
+    # the YAML's top-level conditioning (source oracle) reached the model: it trained without CLIP weights, which
+    # the default source clip needs; no dataset carries clip or conditioning options
+    assert 'conditioning:[' in log and 'clip:[' not in dataset_option_dumps(log)
+    assert 'cond_' not in dataset_option_dumps(log)
     assert len(validation_values(log, 'psnr')) == 1  # the plugin's metric, validated once at the end
 
 
@@ -146,12 +151,19 @@ def test_python_m_basicsr_test_writes_results_under_cwd(python_m_runs):
     assert os.listdir(results / 'visualization' / 'demo_test')
 
 
-def test_basicsr_source_tree_train_py_and_console_scripts(wheel_venv, demo_data, tmp_path_factory):
+@pytest.fixture(scope='module')
+def basicsr_tree(tmp_path_factory):
+    """A BasicSR "checkout": the installed 1.4.2 package copied to TREE/basicsr, with a version stamp of its own."""
     import basicsr
     tree = tmp_path_factory.mktemp('BasicSR')
     shutil.copytree(osp.dirname(basicsr.__file__), tree / 'basicsr', ignore=shutil.ignore_patterns('__pycache__'))
     # a version stamp of its own (as a checkout's generated version.py has) shows which basicsr the run imported
     (tree / 'basicsr' / 'version.py').write_text("__version__ = '1.4.2+tree'\n__gitsha__ = 'tree'\n")
+    return tree
+
+
+def test_basicsr_source_tree_train_py_and_console_scripts(wheel_venv, basicsr_tree, demo_data, tmp_path_factory):
+    tree = basicsr_tree
     work = work_dir(tmp_path_factory, demo_data, 'source_tree')
     # BasicSR's documented way: PYTHONPATH=<checkout> python basicsr/train.py -opt ...
     log = run_entry(str(tree / 'basicsr' / 'train.py'), ['-opt', DEMO_OPT, '--force_yml'] + SHORT,
@@ -164,9 +176,14 @@ def test_basicsr_source_tree_train_py_and_console_scripts(wheel_venv, demo_data,
     scripts = subprocess.run([wheel_venv, '-c', 'from importlib.metadata import entry_points; print({e.name: e.value '
                               'for e in entry_points(group="console_scripts") if e.name.startswith("mixcl-")})'],
                              cwd='/', capture_output=True, text=True, check=True).stdout
-    assert "'mixcl-train': 'mixcl_arch.train:main'" in scripts and "'mixcl-test': 'mixcl_arch.test:main'" in scripts
-    assert os.access(osp.join(bindir, 'mixcl-train'), os.X_OK)
-    # mixcl-test imports mixcl_arch, which imports basicsr: the hook's other path (package half-imported)
+    fronts = {name: f'mixcl_arch_cli:cli_{name[6:]}' for name in ('mixcl-dehaze', 'mixcl-train', 'mixcl-test')}
+    assert ast.literal_eval(scripts) == fronts
+    for name in ('mixcl-dehaze', 'mixcl-train', 'mixcl-test'):  # installed light fronts: --help imports no torch
+        proc = subprocess.run([wheel_venv, '-X', 'importtime', osp.join(bindir, name), '--help'], cwd='/',
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.startswith('usage: ') and '| torch' not in proc.stderr, name
+        assert '| mixcl_arch_cli' in proc.stderr  # the installed module (py_modules), not this checkout
+    # mixcl-test registers the plugin, whose first sub-package imports basicsr: the hook's other path
     test_yml = write_yaml(demo_test_opt('console_test'), work / 'test.yml')
     log = run_entry(osp.join(bindir, 'mixcl-test'), ['-opt', test_yml], cwd=str(work), launcher=['env'])
     assert len(validation_values(log, 'psnr')) == 1 and (work / 'results' / 'console_test').is_dir()
@@ -203,3 +220,31 @@ def test_hooked_loader_plugs_only_basicsr_1_4(version, plugged, tmp_path, monkey
 ])
 def test_entry_point_detection(filename, root, expected):
     assert is_basicsr_entry_point(filename, root) is expected
+
+
+@pytest.mark.skipif(not os.path.exists(osp.join(osp.dirname(sys.executable), 'torchrun')),
+                    reason='torchrun is part of torch; not found next to python')
+def test_torchrun_basicsr_source_tree_train_py_with_pytorch_launcher(wheel_venv, basicsr_tree, tmp_path):
+    """``torchrun --nproc_per_node=2 basicsr/train.py ... --launcher pytorch`` from a BasicSR checkout, on CPU."""
+    make_pair_dataset(str(tmp_path / 'datasets' / 'tiny'), n_train=4, n_test=1)
+    opt = tiny_train_opt(osp.join('datasets', 'tiny'), name='tiny_tree_ddp', total_iter=2, periods=2, save_freq=2,
+                         val_freq=2)
+    yml = write_yaml(opt, tmp_path / 'ddp.yml')
+    # torchrun of the venv's interpreter (python -m torch.distributed.run); --standalone: a local rendezvous on a
+    # port it picks itself; --log-dir + --redirects 3: each rank's output in a file of its own
+    # (torchrun's own exit status 0, checked by run_entry, means that both ranks exited with 0)
+    run_entry(str(basicsr_tree / 'basicsr' / 'train.py'), ['-opt', yml, '--launcher', 'pytorch'], cwd=str(tmp_path),
+              timeout=300, launcher=['env', f'PYTHONPATH={basicsr_tree}', wheel_venv, '-m', 'torch.distributed.run',
+                                     '--standalone', '--nproc_per_node=2', '--log-dir', str(tmp_path / 'ranks'),
+                                     '--redirects', '3'])
+    outputs = {}  # rank -> its stdout and stderr (BasicSR's logger writes to stderr)
+    for path in sorted(glob.glob(str(tmp_path / 'ranks' / '**' / 'std*.log'), recursive=True)):
+        with open(path) as f:
+            outputs[osp.basename(osp.dirname(path))] = outputs.get(osp.basename(osp.dirname(path)), '') + f.read()
+    assert sorted(outputs) == ['0', '1']  # two workers (only rank 0 logs)
+    rank0 = outputs['0']
+    assert 'BasicSR: 1.4.2+tree' in rank0 and 'World size (gpu number): 2' in rank0
+    assert 'End of training.' in rank0 and validation_values(rank0, 'psnr')  # rank 0 trained and validated
+    exp = tmp_path / 'experiments' / 'tiny_tree_ddp'  # under the working directory, not the checkout
+    assert f'experiments_root: {exp}' in rank0 and not (basicsr_tree / 'experiments').exists()
+    assert {'net_g_2.pth', 'net_g_latest.pth'} <= set(os.listdir(exp / 'models'))

@@ -125,7 +125,7 @@ def test_harness_writes_results_summary_figure_and_resumes(tmp_path):
 
 
 def test_same_name_pairs_lmdb_and_methods_yaml(tmp_path):
-    from mixcl_arch.utils.lmdb_tools import make_lmdb_from_folder
+    from mixcl_arch.data.lmdb_tools import make_lmdb_from_folder
     folder = str(tmp_path / 'folder')
     _make_set(folder, with_csv=False)
     lmdb_root = str(tmp_path / 'lmdb')
@@ -160,20 +160,28 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match='Duplicate'):
         bq.load_methods(bq.parse_args(['--data', 'x', '--out', 'y', '--method', 'method=dcp', '--method',
                                        'method=dcp']))
+    # pairs come from the registered dataset, which checks them all before any method runs
+    dataset, items = bq.open_pairs(data_root)
+    assert [it['image'] for it in items] == ['img0.png', 'img1.png', 'img2.png'] and len(dataset) == 3
+    cv2.imwrite(osp.join(data_root, 'GT', 'img1.png'), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match='Size mismatch: img1.png 48x40 vs img1.png 8x8'):
+        bq.open_pairs(data_root)[0][1]
     os.remove(osp.join(data_root, 'GT', 'img2.png'))
-    with pytest.raises(FileNotFoundError, match='no GT'):
-        bq.PairedSet(data_root)
+    with pytest.raises(ValueError, match='have no GT'):
+        bq.open_pairs(data_root)
+    with pytest.raises(ValueError, match=r'not found.*img3\.png'):
+        bq.open_pairs(data_root, _write_meta(tmp_path, 'img3.png'))
     with pytest.raises(FileNotFoundError, match='hazy/ and GT/'):
-        bq.PairedSet(str(tmp_path))
+        bq.open_pairs(str(tmp_path))
     with pytest.raises(ValueError, match=r"dcp: unknown key\(s\) \['radius'\]"):
         bq.main(['--data', data_root, '--meta', _write_meta(tmp_path), '--out', str(tmp_path / 'o'), '--quiet',
                  '--method', 'method=dcp,radius=3'])
 
 
-def _write_meta(tmp_path):
+def _write_meta(tmp_path, name='img0.png'):
     path = str(tmp_path / 'pairs.csv')
     with open(path, 'w') as f:
-        f.write('hazy,gt\nimg0.png,img0.png\n')
+        f.write(f'hazy,gt\n{name},{name}\n')
     return path
 
 
@@ -193,3 +201,22 @@ def test_resume_recomputes_a_method_whose_configuration_changed(tmp_path):
              'name=DCP,method=dcp,omega=0.3,gf_radius=4'])
     assert {r['image']: r['psnr'] for r in rows} == {r['image']: r['psnr'] for r in _read(osp.join(fresh,
                                                                                                    'results.csv'))}
+
+
+def test_lmdb_split_with_a_pair_csv_reports_the_csv_names_and_the_folder_pixels(tmp_path):
+    from mixcl_arch.data.lmdb_tools import make_lmdb_from_folder
+    folder = str(tmp_path / 'folder')
+    rows = _make_set(folder)
+    lmdb_root = str(tmp_path / 'lmdb')
+    os.makedirs(lmdb_root)
+    for sub in ('hazy', 'GT'):
+        make_lmdb_from_folder(osp.join(folder, sub), osp.join(lmdb_root, f'{sub}.lmdb'), progress=False)
+    disk, disk_items = bq.open_pairs(folder)
+    lmdb, lmdb_items = bq.open_pairs(lmdb_root, osp.join(folder, 'meta.csv'))
+    # results.csv names and domains as the CSV spells them (dotted stems such as img0_0.5.png stay whole)
+    want = [{'image': h, 'gt': g, 'domain': d, 'index': i} for i, (h, g, d) in enumerate(rows)]
+    assert disk_items == want and lmdb_items == want
+    for i in range(len(rows)):
+        assert torch.equal(disk[i]['lq'], lmdb[i]['lq']) and torch.equal(disk[i]['gt'], lmdb[i]['gt'])
+    m = {'name': 'DCP'}
+    assert bq.image_path('o', m, lmdb_items[0]) == osp.join('o', 'images', 'DCP', 'img0_0.5.png')

@@ -1,7 +1,11 @@
-"""CLIPPairedImageDataset built from YAML dicts on tiny generated data (folder, RESIDE naming, meta CSV, LMDB)."""
+"""CLIPPairedImageDataset built from YAML dicts on tiny generated data (folder, RESIDE naming, meta CSV, LMDB).
+
+The dataset serves data only (images, store keys, domain labels, crop records); the conditioning that used to be
+computed here is checked through the conditioner that reads those records (mixcl_arch.conditioning)."""
 import copy
 import csv
 import os
+import re
 
 import numpy as np
 import pytest
@@ -12,8 +16,12 @@ from torch.utils.data import DataLoader
 import mixcl_arch  # noqa: F401  (before basicsr)
 from _clip_helpers import make_pairs, make_tiny_clip, tiny_clip_opt, write_img
 from basicsr.data import build_dataset
+from mixcl_arch.archs.mixdehazenet_arch import MixCLDehazeNet
 from mixcl_arch.clip import CLIPPrior, FeatureStore
-from mixcl_arch.data.clip_data_util import standin_text_feature
+from mixcl_arch.conditioning.conditioner import CondBatch, OracleConditioner, StoreConditioner, build_conditioner
+from mixcl_arch.conditioning.config import MOVED_KEYS, ConditioningConfig
+from mixcl_arch.data.clip_data_util import augment_pair, standin_text_feature
+from mixcl_arch.utils.options import OptionError
 
 BASE = """
 name: tiny
@@ -33,6 +41,24 @@ def ds_opt(root, **kw):
     opt.update(dataroot_lq=os.path.join(root, 'hazy'), dataroot_gt=os.path.join(root, 'GT'))
     opt.update(kw)
     return opt
+
+
+def stack_net(num_cond=1, text_dim=512):
+    """The smallest MixCLDehazeNet: the conditioner reads num_cond / cond_dim from it."""
+    return MixCLDehazeNet(variant='T', num_cond=num_cond, text_dim=text_dim, data_range='unit')
+
+
+def conditioner(world, net=None, stores=(), **conditioning):
+    """The conditioner of a run whose clip section is the one the world's store was made with."""
+    cfg = ConditioningConfig.from_options({'clip': world['clip'], 'conditioning': dict({'source': 'store'},
+                                                                                        **conditioning)})
+    return build_conditioner(cfg, net if net is not None else stack_net(), stores=stores)
+
+
+def conditioned(cond, ds, indices):
+    """The conditioner's output for the collated items ``indices`` of ``ds``, and the batch."""
+    batch = torch.utils.data.default_collate([ds[i] for i in indices])
+    return cond(CondBatch.from_data(batch, batch['lq'])), batch
 
 
 @pytest.fixture(scope='module')
@@ -57,69 +83,101 @@ def world(tmp_path_factory):
     return dict(tmp=tmp, root=root, names=names, clip=copt, store=store_path, prior=prior, store_obj=store)
 
 
-def test_folder_train_items_and_store_conditioning(world):
-    ds = build_dataset(ds_opt(world['root'], feature_store=world['store'], cond_source='store', clip=world['clip']))
+def test_folder_train_items_serve_data_and_the_store_conditioner_reads_them(world):
+    ds = build_dataset(ds_opt(world['root'], feature_store=world['store']))
     assert len(ds) == 6
     item = ds[2]
+    assert set(item) == {'lq', 'gt', 'lq_path', 'gt_path', 'key', 'crop', 'feature_store'}  # no conditioning
     assert item['lq'].shape == item['gt'].shape == (3, 16, 16) and item['lq'].dtype == torch.float32
     assert 0 <= float(item['lq'].min()) and float(item['lq'].max()) <= 1
-    ref = world['store_obj'].get(world['names'][2])
-    assert torch.equal(item['text'], ref['text_hard']) and torch.equal(item['domain_prob'], ref['probs'])
-    assert item['cond'].shape == (1, 512) and torch.equal(item['cond'][0], item['text'])
+    assert item['key'] == world['names'][2] and item['feature_store'] == world['store']
+    assert item['crop'].dtype == torch.int64 and item['crop'].shape == (7,) and item['crop'][2:4].tolist() == [16, 16]
     assert item['lq_path'].endswith('img_002.png') and item['gt_path'].endswith(os.path.join('GT', 'img_002.png'))
     # hazy = 0.5 * gt + 100/255 at the same crop: the crop is paired
     assert torch.allclose(item['lq'], torch.floor(item['gt'] * 255 * 0.5 + 100) / 255, atol=1.01 / 255)
+    # what the dataset used to put in the item ('cond' = the store's hard text feature) comes from the conditioner
+    cond = conditioner(world, stores=[world['store']])
+    assert isinstance(cond, StoreConditioner)
+    out, _ = conditioned(cond, ds, [2, 0])
+    ref = world['store_obj'].get_rows(world['store_obj'].rows([world['names'][2], world['names'][0]]))
+    assert out.shape == (2, 1, 512) and torch.equal(out[:, 0], ref['text_hard'])
 
 
-def test_soft_mode_and_extra_vectors(world):
-    ds = build_dataset(ds_opt(world['root'], feature_store=world['store'], cond_mode='soft',
-                              cond_extra=['image', 'density', 'domain:hard']))
-    item = ds[1]
+def test_soft_mode_and_extra_vectors_through_the_conditioner(world):
+    ds = build_dataset(ds_opt(world['root'], feature_store=world['store']))
+    cond = conditioner(world, stack_net(4), stores=[world['store']], mode='soft',
+                       extra=['image', 'density', 'domain:hard'])
+    out, _ = conditioned(cond, ds, [1])
     ref = world['store_obj'].get(world['names'][1])
-    assert item['cond'].shape == (4, 512)
+    assert out.shape == (1, 4, 512)
     for k, key in enumerate(['text_soft', 'image_emb', 'density_text_soft', 'text_hard']):
-        assert torch.equal(item['cond'][k], ref[key]), key
+        assert torch.equal(out[0, k], ref[key]), key
     with pytest.raises(ValueError, match='weather'):
-        build_dataset(ds_opt(world['root'], feature_store=world['store'], cond_extra=['weather']))
+        conditioner(world, stack_net(2), stores=[world['store']], extra=['weather'])
 
 
-def test_dataloader_with_two_workers(world):
-    ds = build_dataset(ds_opt(world['root'], feature_store=world['store'], cond_extra=['image']))
+def test_dataloader_with_two_workers_collates_the_records(world):
+    ds = build_dataset(ds_opt(world['root'], feature_store=world['store']))
     loader = DataLoader(ds, batch_size=3, num_workers=2, shuffle=False)
     batches = list(loader)
     assert len(batches) == 2
     b = batches[0]
-    assert b['lq'].shape == (3, 3, 16, 16) and b['cond'].shape == (3, 2, 512) and b['text'].shape == (3, 512)
-    assert b['domain_prob'].shape == (3, 2)
-    assert torch.equal(b['cond'][:, 1], world['store_obj'].get_rows(torch.arange(3))['image_emb'])
+    assert b['lq'].shape == (3, 3, 16, 16) and b['crop'].shape == (3, 7) and b['crop'].dtype == torch.int64
+    assert b['key'] == world['names'][:3] and b['feature_store'] == [world['store']] * 3
+    out = conditioner(world, stack_net(2), stores=[world['store']], extra=['image'])(
+        CondBatch.from_data(b, b['lq']))
+    assert out.shape == (3, 2, 512)
+    assert torch.equal(out[:, 1], world['store_obj'].get_rows(torch.arange(3))['image_emb'])
 
 
 def test_test_mode_full_and_center_crop(world):
     full = build_dataset(ds_opt(world['root'], phase='val'))
-    assert full[0]['lq'].shape == (3, 24, 28) and 'cond' not in full[0]
+    assert full[0]['lq'].shape == (3, 24, 28) and 'feature_store' not in full[0] and 'domain' not in full[0]
+    assert full[0]['crop'].tolist() == [0, 0, 24, 28, 0, 0, 0]
     cc = build_dataset(ds_opt(world['root'], phase='val', center_crop=10))
-    assert cc[0]['lq'].shape == (3, 10, 10)
+    assert cc[0]['lq'].shape == (3, 10, 10) and cc[0]['crop'].tolist() == [7, 9, 10, 10, 0, 0, 0]
     assert torch.equal(cc[0]['lq'], full[0]['lq'][:, 7:17, 9:19])
     lq_only = build_dataset(ds_opt(world['root'], phase='val', dataroot_gt=None))
     assert 'gt' not in lq_only[0] and len(lq_only) == 6
 
 
-def test_augmentations_flip_and_rotate_pairs(world, monkeypatch):
-    opt = ds_opt(world['root'], phase='val')
-    base = build_dataset(opt)[0]
-    ds = build_dataset(ds_opt(world['root'], gt_size=24, use_hflip=True, use_vflip=True, use_rot=True))
+def replay(img, crop):
+    """The transform a crop record describes, applied to a (C, H, W) tensor: crop, hflip, vflip, k quarter turns."""
+    top, left, height, width, hflip, vflip, k = crop.tolist()
+    out = img[:, top:top + height, left:left + width]
+    if hflip:
+        out = out.flip(-1)
+    if vflip:
+        out = out.flip(-2)
+    return torch.rot90(out, k, dims=(1, 2))
+
+
+def test_crop_record_says_exactly_what_was_done_to_the_pair(world):
     import random
+    full = build_dataset(ds_opt(world['root'], phase='val'))[0]
+    ds = build_dataset(ds_opt(world['root'], gt_size=16, use_hflip=True, use_vflip=True, use_rot=True))
     seen = set()
-    for s in range(30):
+    for s in range(40):
         random.seed(s)
         item = ds[0]
-        lq, gt = item['lq'], item['gt']
-        assert lq.shape == (3, 24, 24)
-        # lq and gt got the same transform: the haze relation holds pixel-wise
-        assert torch.allclose(lq, torch.floor(gt * 255 * 0.5 + 100) / 255, atol=1.01 / 255)
-        seen.add(lq.numpy().tobytes())
-    assert len(seen) > 4
-    _ = base
+        lq, gt, crop = item['lq'], item['gt'], item['crop']
+        assert lq.shape == (3, 16, 16)
+        assert torch.equal(lq, replay(full['lq'], crop)) and torch.equal(gt, replay(full['gt'], crop)), crop
+        seen.add(tuple(crop.tolist()))
+    flags = {c[4:] for c in seen}
+    assert {f[0] for f in flags} == {0, 1} and {f[1] for f in flags} == {0, 1} and {f[2] for f in flags} == {0, 1, 2, 3}
+    assert len({c[:2] for c in seen}) > 4  # several offsets
+
+
+def test_augment_pair_reports_the_flags_it_drew():
+    import random
+    img = np.arange(2 * 3, dtype=np.float32).reshape(2, 3, 1)
+    for seed in range(12):
+        (out, none), (hflip, vflip, k) = augment_pair([img, None], True, True, True, rng=random.Random(seed))
+        expect = img[:, ::-1] if hflip else img
+        expect = expect[::-1] if vflip else expect
+        assert none is None and np.array_equal(out, np.rot90(expect, k, (0, 1)))
+    assert augment_pair([img], False, False, False)[1] == (False, False, 0)
 
 
 def test_edge_decay_prefers_borders():
@@ -128,11 +186,13 @@ def test_edge_decay_prefers_borders():
     from mixcl_arch.data.clip_data_util import random_crop_pair
     img = np.arange(100 * 100, dtype=np.float32).reshape(100, 100, 1)
     rng = random.Random(0)
-    starts = [int(random_crop_pair(img, None, 20, edge_decay=1.0, rng=rng)[0][0, 0, 0]) // 100 for _ in range(400)]
+    crops = [random_crop_pair(img, None, 20, edge_decay=1.0, rng=rng) for _ in range(400)]
+    assert all(int(lq[0, 0, 0]) == y * 100 + x and gt is None for lq, gt, (y, x) in crops)  # the offsets it reports
+    starts = [y for _, _, (y, _) in crops]
     border = np.mean([s in (0, 80) for s in starts])
     assert border > 0.15  # ~ 20/100 + uniform share; without edge decay ~ 2/81
     rng = random.Random(0)
-    starts = [int(random_crop_pair(img, None, 20, rng=rng)[0][0, 0, 0]) // 100 for _ in range(400)]
+    starts = [random_crop_pair(img, None, 20, rng=rng)[2][0] for _ in range(400)]
     assert np.mean([s in (0, 80) for s in starts]) < 0.08
 
 
@@ -158,34 +218,46 @@ def test_reside_naming_many_hazy_to_one_gt(tmp_path):
         build_dataset(ds_opt(str(tmp_path / 'ots'), phase='val', gt_name_rule='nyu'))
 
 
-def test_meta_csv_pairs_and_oracle(world, tmp_path):
+def _write_rows(path, rows):
+    with open(path, 'w', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_meta_csv_domain_labels_and_the_oracle_conditioner(world, tmp_path):
     root = world['root']
-    opt = ds_opt(root, meta_file=os.path.join(root, 'meta.csv'), cond_source='oracle', feature_store=world['store'])
+    opt = ds_opt(root, meta_file=os.path.join(root, 'meta.csv'), feature_store=world['store'])
     ds = build_dataset(opt)
-    item = ds[1]  # meta.csv: domains alternate indoor, outdoor
-    assert torch.equal(item['domain_prob'], torch.tensor([0.0, 1.0]))
-    assert torch.equal(item['text'], world['prior'].domain_text[1])
+    assert [ds[i]['domain'] for i in range(4)] == ['indoor', 'outdoor', 'indoor', 'outdoor']  # meta.csv alternates
+    cond = conditioner(world, source='oracle')
+    assert isinstance(cond, OracleConditioner)
+    out, _ = conditioned(cond, ds, [0, 1])  # the domain text features of the items' store
+    assert torch.equal(out[:, 0], world['prior'].domain_text[[0, 1]])
     # without a store: the documented deterministic stand-in vector
     ds2 = build_dataset(dict(opt, feature_store=None))
-    assert torch.equal(ds2[0]['text'], standin_text_feature('indoor'))
-    assert torch.equal(ds2[3]['text'], standin_text_feature('outdoor'))
+    out, _ = conditioned(cond, ds2, [0, 3])
+    assert torch.equal(out[:, 0], torch.stack([standin_text_feature('indoor'), standin_text_feature('outdoor')]))
     assert not torch.equal(standin_text_feature('indoor'), standin_text_feature('outdoor'))
+    no_csv = build_dataset(ds_opt(root))
+    assert 'domain' not in no_csv[0]
     with pytest.raises(ValueError, match='meta_file'):
-        build_dataset(ds_opt(root, cond_source='oracle'))
-    bad = tmp_path / 'meta.csv'
+        conditioned(cond, no_csv, [0])
     rows = list(csv.DictReader(open(os.path.join(root, 'meta.csv'))))
-    rows[0]['domain'] = 'underwater'
-    with open(bad, 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    with pytest.raises(ValueError, match='underwater'):
+    bad = tmp_path / 'meta.csv'
+    _write_rows(bad, [dict(r, domain='underwater') if i == 0 else r for i, r in enumerate(rows)])
+    with pytest.raises(ValueError, match='underwater'):  # a label the store has no text feature for
+        conditioned(cond, build_dataset(dict(opt, meta_file=str(bad))), [0])
+    _write_rows(bad, [dict(r, domain='') if i == 2 else r for i, r in enumerate(rows)])
+    with pytest.raises(ValueError, match=r"meta.csv: empty 'domain' label on line\(s\) 4"):
         build_dataset(dict(opt, meta_file=str(bad)))
-    rows[0]['hazy'] = 'ghost.png'
-    with open(bad, 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write_rows(bad, [{k: v for k, v in r.items() if k != 'domain'} for r in rows])
+    assert 'domain' not in build_dataset(dict(opt, meta_file=str(bad)))[0]  # no column: no labels, no error
+    _write_rows(bad, [dict(r, place=r['domain']) for r in rows])
+    assert build_dataset(dict(opt, meta_file=str(bad), domain_column='place'))[1]['domain'] == 'outdoor'
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['scene'\]"):
+        build_dataset(dict(opt, meta_file=str(bad), domain_column='scene'))
+    _write_rows(bad, [dict(r, hazy='ghost.png') if i == 0 else r for i, r in enumerate(rows)])
     with pytest.raises(ValueError, match='ghost.png'):
         build_dataset(dict(opt, meta_file=str(bad)))
 
@@ -197,8 +269,10 @@ def test_lmdb_backend_matches_disk(world):
                                 dataroot_lq=os.path.join(root, 'hazy.lmdb'), dataroot_gt=os.path.join(root, 'GT.lmdb')))
     assert lmdb.keys == disk.keys
     a, b = disk[4], lmdb[4]
-    assert torch.equal(a['lq'], b['lq']) and torch.equal(a['gt'], b['gt']) and torch.equal(a['cond'], b['cond'])
-    assert b['lq_path'] == 'img_004'
+    assert torch.equal(a['lq'], b['lq']) and torch.equal(a['gt'], b['gt']) and torch.equal(a['crop'], b['crop'])
+    assert a['key'] == b['key'] == 'img_004' and b['lq_path'] == 'img_004'
+    cond = conditioner(world, stores=[world['store']])
+    assert torch.equal(conditioned(cond, disk, [4, 5])[0], conditioned(cond, lmdb, [4, 5])[0])
     loader = DataLoader(build_dataset(ds_opt(root, feature_store=world['store'], io_backend={'type': 'lmdb'},
                                              dataroot_lq=os.path.join(root, 'hazy.lmdb'),
                                              dataroot_gt=os.path.join(root, 'GT.lmdb'))),
@@ -251,36 +325,48 @@ def test_unreadable_and_truncated_images(world, tmp_path):
         build_dataset(ds_opt(root, check_images='full'))
 
 
-def test_missing_from_store_and_store_mismatch(world, tmp_path):
+def test_missing_from_store_fails_in_the_dataset_and_a_mismatch_in_the_conditioner(world, tmp_path):
     root = _copy(world, tmp_path)
     write_img(os.path.join(root, 'hazy', 'extra_1.png'), np.zeros((24, 28, 3), np.uint8))
     write_img(os.path.join(root, 'GT', 'extra_1.png'), np.zeros((24, 28, 3), np.uint8))
     with pytest.raises(ValueError, match=r'1 of 7 image\(s\) are missing from the feature store.*extra_1'):
         build_dataset(ds_opt(root, feature_store=world['store']))
+    with pytest.raises(FileNotFoundError, match='nope.pt'):
+        build_dataset(ds_opt(world['root'], feature_store=str(tmp_path / 'nope.pt')))
+    # a store made with other CLIP options, or of another width, fails when the run's conditioner is built
     for clip, what in (({'model': 'ViT-B-32'}, 'model'), ({'domains': ['day', 'night']}, 'domains'),
                        ({'templates': ['a {}']}, 'templates')):
         with pytest.raises(ValueError, match=f'does not match the CLIP options: {what}'):
-            build_dataset(ds_opt(world['root'], feature_store=world['store'], clip=clip))
+            conditioner(dict(world, clip=dict(world['clip'], **clip)), stores=[world['store']])
     with pytest.raises(ValueError, match='embed dim: store 512, expected 768'):
-        build_dataset(ds_opt(world['root'], feature_store=world['store'], cond_dim=768))
-    with pytest.raises(ValueError, match='needs feature_store'):
-        build_dataset(ds_opt(world['root'], cond_source='store'))
-    with pytest.raises(FileNotFoundError, match='nope.pt'):
-        build_dataset(ds_opt(world['root'], feature_store=str(tmp_path / 'nope.pt')))
+        conditioner(world, stack_net(text_dim=768), stores=[world['store']])
+    # source store, items without a feature_store and no conditioning.store
+    with pytest.raises(ValueError, match='feature_store'):
+        conditioned(conditioner(world), build_dataset(ds_opt(world['root'])), [0])
+
+
+@pytest.mark.parametrize('key', sorted(k.rpartition('.')[2] for k in MOVED_KEYS if k.startswith('datasets.')))
+def test_old_conditioning_keys_fail_at_construction_naming_their_new_place(world, key):
+    new = MOVED_KEYS[f'datasets.*.{key}']
+    with pytest.raises(OptionError, match=rf'datasets\.val\.{key}: this setting moved to {re.escape(new)}'):
+        build_dataset(ds_opt(world['root'], phase='val', **{key: 'x'}))
+
+
+def test_old_cond_mode_names_conditioning_mode(world):
+    with pytest.raises(OptionError, match=r'cond_mode: this setting moved to conditioning\.mode'):
+        build_dataset(ds_opt(world['root'], feature_store=world['store'], cond_mode='soft'))
 
 
 def test_empty_and_missing_folders(tmp_path):
     os.makedirs(tmp_path / 'e' / 'hazy')
     os.makedirs(tmp_path / 'e' / 'GT')
-    with pytest.raises(ValueError, match='No images in'):
+    with pytest.raises(ValueError, match=r'No images found in .*hazy'):
         build_dataset(ds_opt(str(tmp_path / 'e')))
     with pytest.raises(FileNotFoundError, match='nowhere'):
         build_dataset(ds_opt(str(tmp_path / 'nowhere')))
-    with pytest.raises(ValueError, match='cond_source'):
-        build_dataset(dict(ds_opt(str(tmp_path / 'e')), cond_source='clip'))
 
 
 def test_yaml_round_trip_builds_the_same(world):
-    opt = ds_opt(world['root'], feature_store=world['store'], cond_mode='soft')
+    opt = ds_opt(world['root'], feature_store=world['store'], meta_file=os.path.join(world['root'], 'meta.csv'))
     again = yaml.safe_load(yaml.safe_dump(copy.deepcopy(opt)))
     assert len(build_dataset(again)) == len(build_dataset(opt)) == 6

@@ -1,5 +1,6 @@
 """CLIPHaze's conditioning inputs (mixcl_arch/clip/cliphaze_cond.py): DCP and CLIP density maps, the embedding, the
-feature store's spatial 'density' kind, scripts/extract_clip_features.py --density and the dataset's crop alignment."""
+feature store's spatial 'density' kind, scripts/extract_clip_features.py --density and how a stored map follows the
+dataset's crop records (mixcl_arch.conditioning.kinds.apply_crop)."""
 import csv
 import json
 import os
@@ -15,11 +16,15 @@ import mixcl_arch  # noqa: F401  (before basicsr)
 from _train_helpers import load_script
 from _clip_helpers import TINY_CFG, make_pairs, make_tiny_clip, tiny_clip_opt, write_img
 from basicsr.data import build_dataset
+from mixcl_arch.archs.cliphaze_arch import CLIPHazeNet
 from mixcl_arch.clip import CLIPPrior, FeatureStore
 from mixcl_arch.clip.cliphaze_cond import (CLIPHazeCondConfig, compute_cliphaze_conditioning, crop_density, crop_grid,
                                            standin_provenance, to_store_resolution)
+from mixcl_arch.conditioning.conditioner import CondBatch, StoreConditioner, build_conditioner
+from mixcl_arch.conditioning.config import ConditioningConfig
+from mixcl_arch.conditioning.kinds import apply_crop
 from mixcl_arch.data.clip_data_util import standin_text_feature
-from mixcl_arch.utils.haze import synthesize_haze
+from mixcl_arch.data.haze_synthesis import synthesize_haze
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,10 +122,24 @@ def standin_store(names, maps, domains=('indoor', 'outdoor'), cfg=None):
     return store
 
 
+def store_conditioner(cliphaze_cond, store):
+    """The conditioner of a run training CLIPHazeNet (density map and embedding) from the feature store ``store``."""
+    cfg = ConditioningConfig.from_options({'conditioning': {'source': 'store'}, 'cliphaze_cond': cliphaze_cond})
+    net = CLIPHazeNet(variant='T', cam='full')
+    assert net.needs_density and net.needs_embedding
+    return build_conditioner(cfg, net, stores=[store])
+
+
+def conditioned(cond, items):
+    batch = torch.utils.data.default_collate(items)
+    return cond(CondBatch.from_data(batch, batch['lq'])), batch
+
+
 def test_store_round_trip_density_follows_crop_flip_and_rotation(tmp_path):
     """The hazy image's channel 0 is a linear ramp (r + 2c) / 255 and the stored map is its 1/8 block mean, so the
-    batch's 'density' must equal the 8x8 block means of the batch's own 'lq' channel 0 whatever the crop offset
-    (linear interpolation of a linear function is exact), flip or rotation."""
+    map cut by each item's crop record must equal the 8x8 block means of the same transform of the full-resolution
+    ramp, and of the item's own 'lq' channel 0, whatever the crop offset (linear interpolation of a linear function
+    is exact), flip or rotation: the map follows the image."""
     h, w = 40, 48
     rr, cc = np.mgrid[0:h, 0:w]
     names = ['a', 'b']
@@ -128,8 +147,8 @@ def test_store_round_trip_density_follows_crop_flip_and_rotation(tmp_path):
     for n in names:
         write_img(str(tmp_path / 'hazy' / f'{n}.png'), lq_pattern)
         write_img(str(tmp_path / 'GT' / f'{n}.png'), lq_pattern[::-1].copy())
-    ramp = torch.from_numpy((rr + 2 * cc) / 255.0).float()[None, None]
-    maps = [to_store_resolution(ramp, 8)[0]] * 2
+    ramp = torch.from_numpy((rr + 2 * cc) / 255.0).float()[None]
+    maps = [to_store_resolution(ramp[None], 8)[0]] * 2
     store = standin_store(names, maps)
     path = str(tmp_path / 'store.pt')
     store.save(path)
@@ -139,27 +158,39 @@ def test_store_round_trip_density_follows_crop_flip_and_rotation(tmp_path):
 
     opt = {'name': 't', 'type': 'CLIPPairedImageDataset', 'phase': 'train', 'dataroot_lq': str(tmp_path / 'hazy'),
            'dataroot_gt': str(tmp_path / 'GT'), 'gt_size': 16, 'use_hflip': True, 'use_vflip': True, 'use_rot': True,
-           'feature_store': path, 'cond_source': 'none', 'cond_density': True, 'cond_embedding': True,
-           'cliphaze_cond': {'density_source': 'dcp', 'standin_domain': 'indoor'}}
+           'feature_store': path}
     ds = build_dataset(opt)
     random.seed(0)
-    unaligned = 0
+    unaligned, flags = 0, set()
     for i in range(40):
         item = ds[i % 2]
-        assert set(item) >= {'lq', 'gt', 'density', 'embedding'} and 'cond' not in item
-        assert item['density'].shape == (1, 2, 2)
-        lq = item['lq'] * 255
-        unaligned += int(round(float(lq[1].min()) / 6)) % 8 != 0 or int(round(float(lq[2].min()) / 5)) % 8 != 0
-        assert torch.allclose(item['density'], F.avg_pool2d(item['lq'][None, :1], 8)[0], atol=2e-3), i
-    assert unaligned > 20  # most crops start between two stored blocks
-    assert torch.equal(ds[1]['embedding'], back.get('b')['image_emb'])
+        top, left, height, width, hflip, vflip, k = item['crop'].tolist()
+        flags.add((hflip, vflip, k))
+        unaligned += top % 8 != 0 or left % 8 != 0
+        full = ramp[:, top:top + height, left:left + width]
+        if hflip:
+            full = full.flip(-1)
+        if vflip:
+            full = full.flip(-2)
+        expect = F.avg_pool2d(torch.rot90(full, k, dims=(1, 2))[None], 8)[0]
+        got = apply_crop(back.get_spatial('density', back.index[item['key']]), item['crop'], 8)
+        assert got.shape == (1, 2, 2) and torch.allclose(got, expect, atol=2e-3), item['crop']
+        assert torch.allclose(expect, F.avg_pool2d(item['lq'][None, :1], 8)[0], atol=1e-5)  # = the image's ramp
+    assert unaligned > 20 and len(flags) > 8  # most crops start between two stored blocks; flips and turns drawn
+    # the conditioner gives the same for a collated batch, and the store's embedding
+    cond = store_conditioner({'density_source': 'dcp', 'standin_domain': 'indoor'}, path)
+    assert isinstance(cond, StoreConditioner)
+    out, batch = conditioned(cond, [ds[1], ds[0], ds[1]])
+    assert set(out) == {'density', 'embedding'} and out['density'].shape == (3, 1, 2, 2)
+    assert torch.allclose(out['density'], F.avg_pool2d(batch['lq'][:, :1], 8), atol=2e-3)
+    assert torch.equal(out['embedding'][0], back.get('b')['image_emb'])
     # test phase: a fixed centre crop (offset 8, 12) and the full image
     test = build_dataset(dict(opt, phase='test', center_crop=24))
-    item = test[0]
-    assert item['density'].shape == (1, 3, 3)
-    assert torch.allclose(item['density'], F.avg_pool2d(item['lq'][None, :1], 8)[0], atol=2e-3)
-    full = build_dataset(dict(opt, phase='test'))[0]
-    assert torch.equal(full['density'], back.get_spatial('density', 0))
+    out, batch = conditioned(cond, [test[0]])
+    assert out['density'].shape == (1, 1, 3, 3) and batch['crop'][0].tolist() == [8, 12, 24, 24, 0, 0, 0]
+    assert torch.allclose(out['density'], F.avg_pool2d(batch['lq'][:, :1], 8), atol=2e-3)
+    out, _ = conditioned(cond, [build_dataset(dict(opt, phase='test'))[0]])
+    assert torch.equal(out['density'][0], back.get_spatial('density', 0))
 
 
 def test_crop_density_interpolates_between_blocks():
@@ -193,30 +224,33 @@ def test_extract_dcp_standin_to_dataset_and_provenance_mismatch_rejected(tmp_pat
     assert meta['dcp'] == {'patch_radius': '3'} and meta['store_scale'] == 8
     cfg = CLIPHazeCondConfig(density_source='dcp', dcp={'patch_radius': '3'})
     opt = {'name': 't', 'type': 'CLIPPairedImageDataset', 'phase': 'test', 'dataroot_lq': os.path.join(root, 'hazy'),
-           'dataroot_gt': os.path.join(root, 'GT'), 'feature_store': out, 'cond_source': 'none',
-           'cond_density': True, 'cond_embedding': True, 'cliphaze_cond': {'density_source': 'dcp',
-                                                                            'dcp': {'patch_radius': '3'}}}
+           'dataroot_gt': os.path.join(root, 'GT'), 'feature_store': out, 'meta_file': os.path.join(root, 'meta.csv')}
+    cliphaze_cond = {'density_source': 'dcp', 'dcp': {'patch_radius': '3'}}
     ds = build_dataset(opt)
-    item = ds[1]
-    online, _ = compute_cliphaze_conditioning(None, item['lq'][None], cfg, ['outdoor'])
-    assert item['density'].shape == (1, 5, 6)
-    assert torch.allclose(item['density'], to_store_resolution(online, 8)[0], atol=1e-3)
-    assert torch.equal(item['embedding'], standin_text_feature('outdoor'))  # the CSV label's stand-in
-    assert torch.equal(ds[0]['embedding'], standin_text_feature('indoor'))
+    cond = store_conditioner(cliphaze_cond, out)
+    got, batch = conditioned(cond, [ds[0], ds[1]])
+    online, _ = compute_cliphaze_conditioning(None, batch['lq'][1:], cfg, ['outdoor'])
+    assert got['density'].shape == (2, 1, 5, 6) and batch['domain'] == ['indoor', 'outdoor']
+    assert torch.allclose(got['density'][1:], to_store_resolution(online, 8), atol=1e-3)
+    assert torch.equal(got['embedding'][1], standin_text_feature('outdoor'))  # the CSV label's stand-in
+    assert torch.equal(got['embedding'][0], standin_text_feature('indoor'))
 
     with pytest.raises(ValueError, match="density_source: store 'dcp', options 'clip'"):
-        build_dataset(dict(opt, cliphaze_cond={'density_source': 'clip'}))
+        store_conditioner({'density_source': 'clip'}, out)
     with pytest.raises(ValueError, match='store_scale: store 8, options 4'):
-        build_dataset(dict(opt, cliphaze_cond=dict(opt['cliphaze_cond'], store_scale=4)))
-    with pytest.raises(ValueError, match='gt_size 12 must be a multiple of the density store scale 8'):
-        build_dataset(dict(opt, phase='train', gt_size=12))
+        store_conditioner(dict(cliphaze_cond, store_scale=4), out)
+    train = build_dataset(dict(opt, phase='train', gt_size=12, use_hflip=True))
+    random.seed(1)
+    flipped = next(item for item in (train[0] for _ in range(50)) if item['crop'][4])
+    with pytest.raises(ValueError, match='12x12 crop must be a multiple of the store scale 8'):  # cannot be mirrored
+        conditioned(cond, [flipped])
     with pytest.raises(ValueError, match="other CLIP options.*dcp: store \\{'patch_radius': '3'\\}"):
         mod.main(base + ['--dcp-param', 'patch_radius=5'])  # resuming with other options
     plain = FeatureStore(store.meta, store.class_text)  # the same rows without density maps
     plain.add(names, store.get_rows(store.rows(names)))
     plain.save(str(tmp_path / 'plain.pt'))
     with pytest.raises(ValueError, match='has no density maps'):
-        build_dataset(dict(opt, feature_store=str(tmp_path / 'plain.pt')))
+        store_conditioner(cliphaze_cond, str(tmp_path / 'plain.pt'))
 
 
 def test_extract_clip_route_stores_density_and_embedding(tmp_path, capsys):

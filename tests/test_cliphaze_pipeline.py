@@ -18,10 +18,11 @@ from mixcl_arch import restorers
 from mixcl_arch.archs.cliphaze_arch import CAM, CLIPHazeNet
 from mixcl_arch.clip import CLIPPrior, FeatureStore
 from mixcl_arch.clip.cliphaze_cond import CLIPHazeCondConfig, compute_cliphaze_conditioning, dcp_density
+from mixcl_arch.conditioning.config import ConditioningConfig
 from mixcl_arch.data.clip_data_util import standin_text_feature
 from mixcl_arch.dehaze import main as dehaze_main
 from mixcl_arch.utils.checkpoint import network_meta, save_weights_file
-from mixcl_arch.utils.options import load_yaml_file
+from mixcl_arch.utils.options import OptionError, load_yaml_file
 from mixcl_arch.utils.tiling import tile_starts
 from test_options import kind
 from test_tiling import _seam_excess, _smooth_image
@@ -57,12 +58,12 @@ def data(tmp_path_factory):
 
 
 def _dataset_opt(split, train):
-    """CLIPPairedImageDataset options over the fixture's data, relative to its root, with density and embedding."""
+    """CLIPPairedImageDataset options over the fixture's data, relative to its root (its store holds the density maps
+    and embeddings; the run's conditioning section reads them)."""
     base = os.path.join('datasets', 'tiny')
     opt = dict(name=f'tiny_{split}', type='CLIPPairedImageDataset', dataroot_lq=os.path.join(base, split, 'hazy'),
                dataroot_gt=os.path.join(base, split, 'GT'), meta_file=os.path.join(base, split, 'meta.csv'),
-               feature_store=os.path.join(base, f'cliphaze_{split}.pt'), cond_source='none', cond_density=True,
-               cond_embedding=True, cliphaze_cond=dict(DCP_COND), io_backend=dict(type='disk'))
+               feature_store=os.path.join(base, f'cliphaze_{split}.pt'), io_backend=dict(type='disk'))
     if train:
         opt.update(gt_size=32, use_hflip=True, use_rot=False, num_worker_per_gpu=0, batch_size_per_gpu=2,
                    dataset_enlarge_ratio=1)
@@ -107,12 +108,13 @@ def test_train_py_feeds_the_stored_density_and_embedding_and_validates(data):
                          net=dict(TINY))
     opt['datasets'] = dict(train=_dataset_opt('train', True), val=_dataset_opt('test', False))
     opt['cliphaze_cond'] = dict(DCP_COND)
+    opt['conditioning'] = dict(source='store')
     opt['model_type'] = 'InputRecordingModel'
     yml = write_yaml(opt, data / 'train.yml')
     script = data / 'record_train.py'
     script.write_text(RECORD_ENTRY.format(root=ROOT))
     log = run_entry(str(script), ['-opt', yml], cwd=str(data))
-    assert 'Online conditioning' not in log  # every batch brought its own
+    assert 'Conditioning of network_g (density, embedding): store.' in log  # the stored maps, by key and crop
     assert len(validation_values(log, 'psnr')) == 1
     seen = torch.load(data / 'seen.pth', weights_only=True)
     train_calls = [c for c in seen if c['training']]
@@ -140,6 +142,7 @@ def _model(tmp_path, tile=None, **net_extra):
                val=dict(save_img=False, metrics={}))
     if tile is not None:
         opt['val']['tile'] = dict(tile_size=tile[0], tile_pad=tile[1])
+    torch.manual_seed(0)  # the net's initial weights do not depend on the tests run before
     model = build_model(opt)
     _make_cam_matter(model.net_g)
     return model
@@ -175,11 +178,11 @@ def test_model_computes_missing_conditioning_online_and_tiles_the_density(tmp_pa
     density, embedding = compute_cliphaze_conditioning(None, x, CLIPHazeCondConfig(**DCP_COND), ['outdoor'])
     torch.testing.assert_close(calls[0][1]['density'], density)
     assert torch.equal(calls[0][1]['embedding'], embedding) and len(calls) == 1
-    # the batch's own conditioning wins over the online one
-    other = dict(density=torch.rand(1, 1, 12, 14), embedding=standin_text_feature('indoor')[None])
-    whole.feed_data(dict(lq=x, **other))
+    # a batch's domain label (the pair CSV's) picks the stand-in embedding; conditioning tensors in it are not read
+    whole.feed_data(dict(lq=x, domain=['indoor'], density=torch.rand(1, 1, 12, 14)))
     whole.test()
-    assert calls[1][1]['density'] is not None and torch.equal(calls[1][1]['density'], other['density'])
+    torch.testing.assert_close(calls[1][1]['density'], density)
+    assert torch.equal(calls[1][1]['embedding'], standin_text_feature('indoor')[None])
     changed = whole.output.clone()
 
     tile_calls = _recorder(tiled.net_g)
@@ -195,7 +198,31 @@ def test_model_computes_missing_conditioning_online_and_tiles_the_density(tmp_pa
         assert torch.equal(kw['embedding'], embedding)
     err = (tiled.output - whole.output).abs()
     assert err.mean() < 5e-3 and err.max() < 0.1, (err.mean(), err.max())  # the CLI's tolerance
-    assert (changed - whole.output).abs().mean() > 1e-4  # the conditioning reaches the output
+    assert (changed - whole.output).abs().max() > 1e-4  # the domain's embedding reaches the output (7e-4)
+
+
+def test_model_refuses_datasets_the_stored_density_cannot_serve(data, tmp_path, monkeypatch):
+    """Checked when the model is built, before iteration 1: a train crop the 1/8 map cannot follow, a dataset
+    without a store, a store made with other density options."""
+    monkeypatch.chdir(data)  # the dataset paths are relative to the fixture's root
+
+    def build(train=None, val=None, **cond):
+        opt = dict(name='unit', model_type='MixCLDehazeModel', num_gpu=0, is_train=False, dist=False, rank=0,
+                   world_size=1, manual_seed=0, network_g=dict(TINY), conditioning=dict(source='store'),
+                   cliphaze_cond=dict(DCP_COND, **cond),
+                   datasets=dict(train=dict(_dataset_opt('train', True), **(train or {})),
+                                 val=dict(_dataset_opt('test', False), **(val or {}))),
+                   path=dict(pretrain_network_g=None, strict_load_g=True, visualization=str(tmp_path / 'vis')),
+                   val=dict(save_img=False, metrics={}))
+        return build_model(opt)
+
+    assert build().conditioner.source == 'store'
+    with pytest.raises(OptionError, match=r'datasets\.train\.gt_size: 36 is not a multiple of 8'):
+        build(train=dict(gt_size=36))
+    with pytest.raises(OptionError, match=r'datasets\.val\.feature_store: missing'):
+        build(val=dict(feature_store=None))
+    with pytest.raises(ValueError, match='cliphaze_train.pt.*store_scale'):
+        build(store_scale=4)
 
 
 @pytest.fixture(scope='module')
@@ -313,19 +340,22 @@ def test_option_files_exist_and_are_consistent():
         assert net['type'] == 'CLIPHazeNet' and net['data_range'] == 'unit'
         if 'demo' not in path:  # the recipe kind, as tests/test_options.py checks for the other nets
             assert kind(path) == 'LEAN RECIPE'
+        cfg = ConditioningConfig.from_options(opt)  # the one reader: no old-style keys, valid values
         conditioned = net.get('cam', 'full') != 'none'
+        # a conditioned net reads its maps and embeddings from each dataset's store, checked against cliphaze_cond
+        assert (cfg.source == 'store') == ('cliphaze_cond' in opt) == conditioned, path
         for ds in opt['datasets'].values():
-            assert bool(ds.get('cond_density')) == bool(ds.get('cond_embedding')) == conditioned
-            assert ds['cond_source'] == 'none'
-            if conditioned:  # the dataset checks the store against the same options the model would use online
-                assert ds['cliphaze_cond'] == opt['cliphaze_cond']
-                CLIPHazeCondConfig.from_opt(ds['cliphaze_cond'])
+            assert bool(ds.get('feature_store')) == conditioned
             if ds.get('gt_size'):
-                assert ds['gt_size'] % opt.get('cliphaze_cond', {}).get('store_scale', 8) == 0
+                assert ds['gt_size'] % cfg.cliphaze.store_scale == 0
 
 
 @pytest.mark.parametrize('name', ['train_CLIPHazeNet_T_demo.yml', 'train_CLIPHazeNet_T_demo_cam_none.yml'])
 def test_demo_yaml_datasets_build_on_a_dcp_store(name, data, monkeypatch):
+    from basicsr.archs import build_network
+    from torch.utils.data import default_collate
+
+    from mixcl_arch.conditioning.conditioner import CondBatch, build_conditioner
     monkeypatch.chdir(data / 'datasets' / 'tiny')  # the demo's layout: data/{train,test}/...
     os.makedirs('data', exist_ok=True)
     for split in ('train', 'test'):
@@ -334,10 +364,14 @@ def test_demo_yaml_datasets_build_on_a_dcp_store(name, data, monkeypatch):
             os.symlink(os.path.join('..', f'cliphaze_{split}.pt'), os.path.join(split, 'cliphaze_dcp.pt'))
     opt = load_yaml_file(os.path.join(ROOT, 'options', 'train', name))
     train = dict(opt['datasets']['train'], phase='train', gt_size=32)  # the tiny images are 40 px
-    item = build_dataset(train)[0]
-    val = build_dataset(dict(opt['datasets']['val'], phase='val'))[1]
+    item = default_collate([build_dataset(train)[0]])
+    val = default_collate([build_dataset(dict(opt['datasets']['val'], phase='val'))[1]])
+    stores = [ds['feature_store'] for ds in opt['datasets'].values() if ds.get('feature_store')]
+    cond = build_conditioner(ConditioningConfig.from_options(opt), build_network(dict(opt['network_g'])),
+                             stores=stores)
     if 'cam_none' in name:
-        assert 'density' not in item and 'embedding' not in val
+        assert cond is None and not stores  # the ablation takes no conditioning
     else:
-        assert item['density'].shape == (1, 4, 4) and val['density'].shape == (1, 5, 5)
-        assert torch.equal(val['embedding'], standin_text_feature('outdoor'))
+        on_crop, on_val = (cond(CondBatch.from_data(b, b['lq'])) for b in (item, val))
+        assert on_crop['density'].shape == (1, 1, 4, 4) and on_val['density'].shape == (1, 1, 5, 5)
+        assert torch.equal(on_val['embedding'][0], standin_text_feature('outdoor'))

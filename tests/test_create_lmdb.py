@@ -10,7 +10,8 @@ import torch
 
 import mixcl_arch  # noqa: F401  (compat before basicsr)
 from basicsr.utils import FileClient, imfrombytes
-from mixcl_arch.utils import lmdb_tools
+from mixcl_arch.data import lmdb_tools
+from mixcl_arch.utils.image_io import image_key
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location('create_lmdb', osp.join(ROOT, 'scripts', 'create_lmdb.py'))
@@ -98,7 +99,7 @@ def test_collisions_non_ascii_and_existing(tmp_path):
     with pytest.raises(ValueError, match='café_1.png: non-ASCII'):
         lmdb_tools.make_lmdb_from_folder(str(uni), str(tmp_path / 'u.lmdb'), progress=False)
     lmdb_tools.make_lmdb_from_folder(str(uni), str(tmp_path / 'u.lmdb'), non_ascii='quote', progress=False)
-    key = lmdb_tools.path_to_key('café_1.png', non_ascii='quote')
+    key = image_key('café_1.png', non_ascii='quote')
     assert key.isascii() and key == 'caf%C3%A9_1'
     client = FileClient('lmdb', db_paths=str(tmp_path / 'u.lmdb'))
     np.testing.assert_array_equal(imfrombytes(client.get(key), flag='unchanged'), ref)
@@ -139,15 +140,16 @@ def test_lmdb_feeds_clip_paired_dataset_like_disk(tmp_path):
               '--versions', '2'])
     create_lmdb.main(['--root', str(tmp_path / 'ds'), '--quiet'])
     split = tmp_path / 'ds' / 'train'
-    common = dict(meta_file=str(split / 'meta.csv'), cond_source='oracle', phase='val')
+    common = dict(meta_file=str(split / 'meta.csv'), phase='val')
     lm = CLIPPairedImageDataset(dict(common, dataroot_lq=str(split / 'hazy.lmdb'), dataroot_gt=str(split / 'GT.lmdb'),
                                      io_backend=dict(type='lmdb')))
     disk = CLIPPairedImageDataset(dict(common, dataroot_lq=str(split / 'hazy'), dataroot_gt=str(split / 'GT')))
     assert len(lm) == len(disk) == 4
     for i in range(4):
         a, b = lm[i], disk[i]
-        for key in ('lq', 'gt', 'cond'):
-            assert torch.equal(a[key], b[key])
+        assert torch.equal(a['lq'], b['lq']) and torch.equal(a['gt'], b['gt'])
+        # the same feature-store key and domain label, so conditioning looks up the same rows
+        assert (a['key'], a['domain']) == (b['key'], b['domain']) and a['domain'] == 'outdoor'
 
 
 def test_non_ascii_names_quoted_in_lmdb_are_found_through_the_pair_csv(tmp_path):
@@ -160,8 +162,9 @@ def test_non_ascii_names_quoted_in_lmdb_are_found_through_the_pair_csv(tmp_path)
     create_lmdb.main(['--root', str(tmp_path / 'ds'), '--non-ascii', 'quote', '--quiet'])
     keys = [k for k, _, _ in lmdb_tools.read_meta_info(str(split / 'hazy.lmdb'))]
     assert keys == ['caf%C3%A9_1']
-    common = dict(meta_file=str(split / 'meta.csv'), cond_source='oracle', phase='val')
+    common = dict(meta_file=str(split / 'meta.csv'), phase='val')
     lm = CLIPPairedImageDataset(dict(common, dataroot_lq=str(split / 'hazy.lmdb'), dataroot_gt=str(split / 'GT.lmdb'),
                                      io_backend=dict(type='lmdb')))
     disk = CLIPPairedImageDataset(dict(common, dataroot_lq=str(split / 'hazy'), dataroot_gt=str(split / 'GT')))
     assert torch.equal(lm[0]['lq'], disk[0]['lq']) and torch.equal(lm[0]['gt'], disk[0]['gt'])
+    assert lm[0]['key'] == disk[0]['key'] == 'café_1'

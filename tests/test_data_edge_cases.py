@@ -13,7 +13,7 @@ from _train_helpers import load_script
 from mixcl_arch.data.clip_paired_image_dataset import CLIPPairedImageDataset
 from mixcl_arch.data.transmission_patch_dataset import TransmissionPatchDataset
 from mixcl_arch.utils.file_io import atomic_write_text
-from mixcl_arch.utils.haze import imread_rgb
+from mixcl_arch.utils.image_io import decode_image
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -110,11 +110,14 @@ def test_transmission_dataset_checks_every_image_and_reads_basicsr_lmdb(tmp_path
     assert item['lq'].shape[-2:] == (16, 16) and torch.isfinite(item['lq']).all()
 
 
-def test_imread_rgb_keeps_float_images_in_range(tmp_path):
+def test_decode_image_keeps_float_images_in_range(tmp_path):
     path = str(tmp_path / 'f.tif')
     assert cv2.imwrite(path, np.full((4, 5, 3), 0.5, np.float32))
-    img = imread_rgb(path)
+    img = decode_image(path)
     assert img.dtype == np.float32 and np.allclose(img, 0.5)
+    # out-of-range and non-finite values (HDR TIFFs) are clipped, for the CLI and the datasets alike
+    assert cv2.imwrite(path, np.array([[[-0.5, 1.7, np.nan]]], np.float32))
+    assert decode_image(path).tolist() == [[[0.0, 1.0, 0.0]]]
 
 
 def test_atomic_writes_get_normal_file_permissions(tmp_path):

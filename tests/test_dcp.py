@@ -286,7 +286,7 @@ def test_dcp_maps_lab_report_rendering():
 
 def test_cli_save_maps_writes_recorded_maps(tmp_path, capsys):
     from mixcl_arch.dehaze import main
-    from mixcl_arch.utils.image_io import read_image
+    from mixcl_arch.utils.image_io import decode_image
     from mixcl_arch.utils.output_guard import OutputManifest
     hazy, _ = _synthetic(40, 48, seed=6)
     src = tmp_path / 'in'
@@ -295,16 +295,16 @@ def test_cli_save_maps_writes_recorded_maps(tmp_path, capsys):
     out = tmp_path / 'out'
     args = ['-i', str(src), '-o', str(out), '--method', 'dcp', '--param', 'preset=lab_report', '--save-maps']
     assert main(args) == 0
-    rgb, _ = read_image(str(src / 'h.png'))
+    rgb, _ = decode_image(str(src / 'h.png'), with_info=True)
     est = DCPRestorer(preset='lab_report').estimate(torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None])
     want = dcp_maps(est)
     manifest = OutputManifest(str(out), 'mixcl-dehaze')
     for name in ('dark', 'transmission', 'depth'):
         path = out / 'maps' / f'h_{name}.png'
-        got, _ = read_image(str(path))
+        got, _ = decode_image(str(path), with_info=True)
         assert np.abs(got - want[name]).max() <= 0.5 / 255 + 1e-6, name  # 8-bit rounding only
         assert manifest.owns(str(path))
-    dehazed, _ = read_image(str(out / 'h.png'))
+    dehazed, _ = decode_image(str(out / 'h.png'), with_info=True)
     assert np.abs(dehazed - est['J'][0].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
     # the maps are this tool's own files: --overwrite replaces them, a user's file in their place is kept
     assert main(args + ['--overwrite']) == 0

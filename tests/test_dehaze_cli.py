@@ -15,7 +15,7 @@ from mixcl_arch.archs.mixdehazenet_arch import MixCLDehazeNet, MixDehazeNet
 from mixcl_arch.dehaze import main
 from mixcl_arch.restorers import ConditioningFallbackWarning, build_restorer
 from mixcl_arch.utils import tiling
-from mixcl_arch.utils.image_io import read_image
+from mixcl_arch.utils.image_io import decode_image
 from mixcl_arch.utils.tiling import tile_starts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +120,7 @@ def test_odd_inputs_end_to_end(ckpts, odd_folder, tmp_path, capsys):
     assert cmp.shape[0] == 3 and cmp.shape[1] > 400  # input | gap | output
 
     # the written pixels are the network's output (16-bit: no 8-bit rounding on the way)
-    x, _ = read_image(odd_folder / 'deep.png')
+    x, _ = decode_image(odd_folder / 'deep.png', with_info=True)
     with torch.no_grad():
         ref = net(torch.from_numpy(x.transpose(2, 0, 1))[None], torch.zeros(1, 1, 512)).clamp(0, 1)[0]
     ref = ref.numpy().transpose(1, 2, 0)[:, :, ::-1]
@@ -133,7 +133,7 @@ def test_gray_output_is_luma_of_the_network_output(ckpts, odd_folder, tmp_path):
     out = tmp_path / 'out'
     assert main(['-i', str(odd_folder / 'gray.png'), '-o', str(out), '--weights', paths['basicsr'],
                  '--cond-fallback', 'none']) == 0
-    x, info = read_image(odd_folder / 'gray.png')
+    x, info = decode_image(odd_folder / 'gray.png', with_info=True)
     assert info.gray and np.allclose(x[..., 0], x[..., 1])
     with torch.no_grad():
         y = net(torch.from_numpy(x.transpose(2, 0, 1))[None], torch.zeros(1, 512)).clamp(0, 1)[0].numpy()
@@ -294,7 +294,8 @@ def test_missing_clip_weights_fail_fast_with_the_option_names(ckpts, tmp_path, c
     # a domain fallback without per-domain text features is refused up front
     rc = main(['-i', str(d), '-o', str(tmp_path / 'o'), '--weights', ckpts[0]['basicsr'],
                '--clip-pretrained', str(tmp_path / 'no_such_clip.pt'), '--cond-fallback', 'outdoor'])
-    assert rc == 1 and '--feature-store' in capsys.readouterr().err
+    err = capsys.readouterr().err  # the config refuses it, naming the YAML key and the flag
+    assert rc == 1 and 'conditioning.store' in err and '--feature-store' in err
 
 
 def test_domain_fallback_uses_the_feature_store_text_feature(ckpts, tmp_path):
@@ -309,7 +310,7 @@ def test_domain_fallback_uses_the_feature_store_text_feature(ckpts, tmp_path):
     with torch.no_grad():
         assert torch.allclose(r(x), net(x, feats['outdoor'][None]).clamp(0, 1), atol=1e-6)
         assert (r(x) - net(x, feats['indoor'][None]).clamp(0, 1)).abs().max() > 1e-3
-    with pytest.raises(ValueError, match='not in'):
+    with pytest.raises(ValueError, match=r"\['underwater'\] have no text feature"):
         build_restorer('net', paths['basicsr'], clip={'pretrained': str(tmp_path / 'none.pt')},
                        cond_fallback='underwater', feature_store=store)
 
@@ -395,17 +396,21 @@ def test_fallback_and_store_can_come_from_the_yaml(ckpts, tmp_path):
     vec = torch.randn(512) * 3
     store = _save_store(tmp_path / 'store.pt', {'indoor': vec, 'outdoor': -vec})
     opt = {'network_g': dict(type='MixCLDehazeNet', data_range='unit', **TINY),
-           'clip': {'model': 'ViT-B-32', 'pretrained': str(tmp_path / 'absent.pt'),
-                    'cond_fallback': {'domain': 'indoor'}, 'feature_store': store}}
+           'clip': {'model': 'ViT-B-32', 'pretrained': str(tmp_path / 'absent.pt')},
+           'conditioning': {'fallback': 'indoor', 'store': store}}
     with pytest.warns(ConditioningFallbackWarning):
         r = build_restorer('net', paths['basicsr'], opt=opt)
     assert r.cond.source == 'domain:indoor'
     x = torch.rand(1, 3, 40, 40)
     with torch.no_grad():
         assert torch.allclose(r(x), net(x, vec[None]).clamp(0, 1), atol=1e-6)
-    opt['clip']['cond_fallback'] = 'none'
+    opt['conditioning']['fallback'] = 'none'
     with pytest.warns(ConditioningFallbackWarning):
         assert build_restorer('net', paths['basicsr'], opt=opt).cond.source == 'none'
+    # the old places of these settings are refused with their new one, before the checkpoint is read
+    old = dict(opt, clip=dict(opt['clip'], cond_fallback='none'), conditioning=None)
+    with pytest.raises(ValueError, match='clip.cond_fallback: this setting moved to conditioning.fallback'):
+        build_restorer('net', str(tmp_path / 'not_read.pth'), opt=old)
 
 
 def test_image_io_modes_round_trip(tmp_path):
@@ -415,7 +420,7 @@ def test_image_io_modes_round_trip(tmp_path):
     from PIL import Image
     ga = rng.integers(0, 255, (6, 7, 2), dtype=np.uint8)
     Image.fromarray(ga, 'LA').save(tmp_path / 'ga.png')
-    rgb, info = read_image(tmp_path / 'ga.png')
+    rgb, info = decode_image(tmp_path / 'ga.png', with_info=True)
     assert info.gray and info.alpha is not None and info.bit_depth == 8 and rgb.shape == (6, 7, 3)
     write_image(rgb, tmp_path / 'ga_out.png', info)
     back = np.asarray(Image.open(tmp_path / 'ga_out.png'))
@@ -427,7 +432,7 @@ def test_image_io_modes_round_trip(tmp_path):
     # 16-bit TIFF keeps 16 bits; 16-bit to jpg falls back to png under ext auto, 8-bit when forced
     deep = rng.integers(0, 65535, (5, 4, 3), dtype=np.uint16)
     _write(tmp_path / 'd.tif', deep)
-    rgb, info = read_image(tmp_path / 'd.tif')
+    rgb, info = decode_image(tmp_path / 'd.tif', with_info=True)
     assert info.bit_depth == 16 and np.abs(rgb[..., ::-1] * 65535 - deep).max() < 0.5
     write_image(rgb, tmp_path / 'd_out.tif', info)
     np.testing.assert_array_equal(cv2.imread(str(tmp_path / 'd_out.tif'), cv2.IMREAD_UNCHANGED), deep)
@@ -438,7 +443,7 @@ def test_image_io_modes_round_trip(tmp_path):
     with pytest.raises(ValueError, match='unsupported output extension'):
         write_image(rgb, tmp_path / 'x.gif', info)
     with pytest.raises(FileNotFoundError, match='nope.png'):
-        read_image(tmp_path / 'nope.png')
+        decode_image(tmp_path / 'nope.png', with_info=True)
 
 
 def test_alpha_drop_and_forced_extension_through_the_cli(tmp_path):
@@ -460,13 +465,9 @@ class _RecordingPrior:
 
     calls = []
 
-    def __init__(self, opt):
+    def __init__(self, **opt):
         self.opt = opt
         self.domains = ['indoor', 'outdoor']
-
-    @classmethod
-    def from_opt(cls, opt):
-        return cls(opt)
 
     def __call__(self, x):
         type(self).calls.append(tuple(x.shape))
@@ -476,28 +477,16 @@ class _RecordingPrior:
         return {'probs': probs, 'text_hard': text, 'text_soft': -text, 'image_emb': text.flip(1)}
 
 
-def _fake_clip_module(monkeypatch):
-    import types
-    mod = types.ModuleType('mixcl_arch.clip')
-    mod.CLIPPrior = _RecordingPrior
-    mod.CLIPWeightsError = type('CLIPWeightsError', (RuntimeError,), {})
-
-    def build_condition(out, mode='hard', extra=()):
-        vecs = [out['text_' + mode]] + [out['image_emb'] for _ in extra]
-        return torch.stack(vecs, dim=1)
-
-    mod.build_condition = build_condition
-    monkeypatch.setitem(sys.modules, 'mixcl_arch.clip', mod)
-    _RecordingPrior.calls = []
-
-
 def test_online_conditioning_wiring_computes_once_per_image(ckpts, monkeypatch):
-    _fake_clip_module(monkeypatch)
+    import mixcl_arch.clip.prior
+    monkeypatch.setattr(mixcl_arch.clip.prior, 'CLIPPrior', _RecordingPrior)  # what the conditioner builds
+    _RecordingPrior.calls = []
     paths, net, _ = ckpts
-    opt = {'clip': {'model': 'tiny', 'pretrained': 'tiny.pt', 'cond_mode': 'soft', 'cond_fallback': 'none'}}
+    opt = {'clip': {'model': 'tiny', 'pretrained': 'tiny.pt'}, 'conditioning': {'mode': 'soft', 'fallback': 'none'}}
     r = build_restorer('net', paths['basicsr'], opt=opt, tile=48, tile_overlap=16)
     assert r.cond.source == 'clip' and r.notes == []
-    assert 'cond_mode' not in r.cond.prior.opt and r.cond.prior.opt['pretrained'] == 'tiny.pt'
+    # the prior gets the clip: section alone (conditioning settings never reach it), on the restorer's device
+    assert r.cond.prior.opt == {'model': 'tiny', 'pretrained': 'tiny.pt', 'device': 'cpu'}
     x = torch.rand(1, 3, 100, 90)
     y = r(x)
     assert _RecordingPrior.calls == [(1, 3, 100, 90)]  # the whole image, once, although 3 x 3 tiles ran
@@ -505,8 +494,8 @@ def test_online_conditioning_wiring_computes_once_per_image(ckpts, monkeypatch):
     with torch.no_grad():
         ref = net(x, text)
     assert (y - ref.clamp(0, 1)).abs().mean() < 2e-3  # tiled, so close rather than equal
-    # K must match the net: two vectors for a one-vector network is refused at construction
-    with pytest.raises(ValueError, match='conditioning vectors'):
+    # K must match the net: two vectors for a one-vector network is refused at construction, naming key and flag
+    with pytest.raises(ValueError, match=r'conditioning vector\(s\).*--cond-extra sets conditioning.extra'):
         build_restorer('net', paths['basicsr'], opt=opt, cond_extra=['image'])
 
 
@@ -535,7 +524,7 @@ def tiny_clip(tmp_path_factory):
 def test_online_clip_conditioning_with_a_real_tiny_clip(ckpts, tiny_clip, tmp_path, capsys):
     from mixcl_arch.clip import CLIPPrior
     paths, net, _ = ckpts
-    opt = {'clip': dict(tiny_clip, cond_mode='soft')}
+    opt = {'clip': tiny_clip, 'conditioning': {'mode': 'soft'}}
     yml = tmp_path / 'opt.yml'
     yml.write_text(yaml.safe_dump(opt))
     d = tmp_path / 'in'
@@ -549,7 +538,7 @@ def test_online_clip_conditioning_with_a_real_tiny_clip(ckpts, tiny_clip, tmp_pa
     assert 'note:' not in cap.err  # CLIP worked: no fallback
     prior = CLIPPrior.from_opt(tiny_clip)
     for name in ('a.png', 'b.png'):
-        x = torch.from_numpy(read_image(d / name)[0].transpose(2, 0, 1))[None]
+        x = torch.from_numpy(decode_image(d / name, with_info=True)[0].transpose(2, 0, 1))[None]
         with torch.no_grad():
             ref = net(x, prior(x)['text_soft']).clamp(0, 1)[0].numpy().transpose(1, 2, 0)[:, :, ::-1]
         got = cv2.imread(str(out / name)) / 255.0

@@ -140,7 +140,7 @@ def test_patch_dataset_synthesises_hazy_patches(tmp_path):
 
 
 def test_patch_dataset_reads_lmdb(tmp_path):
-    from mixcl_arch.utils.lmdb_tools import make_lmdb_from_folder
+    from mixcl_arch.data.lmdb_tools import make_lmdb_from_folder
     folder = _clean_folder(str(tmp_path / 'clean'), n=2)
     make_lmdb_from_folder(folder, str(tmp_path / 'clean.lmdb'), progress=False)
     ds = build_dataset(_patch_opt(str(tmp_path / 'clean.lmdb'), io_backend=dict(type='lmdb')))

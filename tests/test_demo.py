@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import mixcl_arch  # noqa: F401  (compat before basicsr)
-from mixcl_arch.utils import haze
+from mixcl_arch.data import haze_synthesis as haze
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location('make_demo_data', osp.join(ROOT, 'scripts', 'make_demo_data.py'))
@@ -91,3 +91,29 @@ def test_demo_script_end_to_end_short(tmp_path):
     hazy = cv2.imread(str(out / 'data' / 'test' / 'hazy' / metrics['per_image'][0]['hazy']))
     assert comp.shape[1] == 3 * hazy.shape[1] and comp.shape[0] >= 3 * hazy.shape[0]
     assert str(out / 'comparison.png') in log
+
+
+def test_demo_script_switches_the_run_to_clip_feature_stores(tmp_path, monkeypatch):
+    """With MIXCL_CLIP_WEIGHTS, demo.sh's --force_yml keys (applied by BasicSR's own parse_options and checked at
+    start) turn the demo YAML into a run conditioned on the extracted CLIP feature stores."""
+    import re
+
+    from basicsr.utils import options as basicsr_options
+
+    from mixcl_arch.conditioning.config import ConditioningConfig
+    from mixcl_arch.utils.basicsr_fixes import release_run_locks
+    script = open(osp.join(ROOT, 'scripts', 'demo.sh')).read()
+    branch = script[script.index('if [ -n "${MIXCL_CLIP_WEIGHTS:-}" ]'):script.index('\nelse\n')]
+    force = re.findall(r'"([^"$]*(?:\$MIXCL_CLIP_WEIGHTS)?[^"$]*)"', branch[branch.index('FORCE+=('):])
+    force = [f.replace('$MIXCL_CLIP_WEIGHTS', '/weights/open_clip_model.safetensors') for f in force if '=' in f]
+    opt_file = osp.join(ROOT, 'options', 'train', 'train_MixCLDehazeNet_T_demo.yml')
+    assert hasattr(basicsr_options.parse_options, '__wrapped__')  # the project's checked wrapper is installed
+    monkeypatch.setattr(sys, 'argv', ['train.py', '-opt', opt_file, '--force_yml'] + force)
+    try:
+        opt, _ = basicsr_options.parse_options(str(tmp_path), is_train=True)
+    finally:
+        release_run_locks()
+    cfg = ConditioningConfig.from_options(opt)
+    assert cfg.source == 'store' and cfg.clip.as_dict()['pretrained'] == '/weights/open_clip_model.safetensors'
+    assert [opt['datasets'][p]['feature_store'] for p in ('train', 'val')] == [
+        'data/train/clip_features.pt', 'data/test/clip_features.pt']

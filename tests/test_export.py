@@ -143,10 +143,21 @@ def test_runner_tiles_match_eager_restorer(exported, arch):
         torch.testing.assert_close(runner(x, cond.cond), out, atol=0, rtol=0)
 
 
-def test_runner_needs_conditioning_for_conditioned_net(exported):
+def test_runner_needs_conditioning_for_conditioned_net(exported, tmp_path):
+    from mixcl_arch.conditioning.conditioner import build_conditioner
+    from mixcl_arch.conditioning.config import ConditioningConfig
     runner = OnnxRuntimeRunner(exported['MixCLDehazeNet'][1])
+    x = torch.rand(1, 3, 40, 40)
     with pytest.raises(ValueError, match=r'\(B, 2, 128\) conditioning'):
-        runner(torch.rand(1, 3, 40, 40))
+        runner(x)
+    # docs/export.md: the runner describes its net (K, E), so the one conditioner is built for it directly
+    cfg = ConditioningConfig.from_options({'clip': {'pretrained': str(tmp_path / 'absent.pt')},
+                                           'conditioning': {'extra': ['image'], 'fallback': 'none'}})
+    runner.cond = build_conditioner(cfg, runner, online=True)
+    assert runner.cond.source == 'none'  # no CLIP weights here: the configured fallback, zero vectors
+    torch.testing.assert_close(runner(x), runner(x, torch.zeros(1, 2, 128)), atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r'takes 2 conditioning vector\(s\)'):
+        build_conditioner(cfg.replace(extra=()), runner, online=True)
 
 
 def test_unknown_arch_is_refused_by_name():
@@ -224,7 +235,8 @@ def test_cli_backends_agree_and_auto_uses_the_cached_export(tmp_path, monkeypatc
     monkeypatch.setenv('MIXCL_ONNX_CACHE', str(tmp_path / 'cache'))
     weights = make_checkpoint('MixCLDehazeNet', str(tmp_path))
     opt = tmp_path / 'cl.yml'
-    opt.write_text(yaml.safe_dump({'network_g': NETS['MixCLDehazeNet']}))
+    # the net's two conditioning vectors: the primary one and the image embedding (zero without CLIP weights)
+    opt.write_text(yaml.safe_dump({'network_g': NETS['MixCLDehazeNet'], 'conditioning': {'extra': ['image']}}))
     (tmp_path / 'in').mkdir()
     # 16-bit in, 16-bit out: the comparison is not hidden by 8-bit rounding
     img = np.random.default_rng(0).integers(0, 65535, (70, 53, 3)).astype(np.uint16)

@@ -114,24 +114,51 @@ def test_periodic_atomic_saves(setup, monkeypatch):
     assert saved == [2, 4, 5, 5] or saved == [2, 4, 5]
 
 
-def test_opt_file_jobs_meta_file_and_the_dataset_reads_the_store(setup, tmp_path, capsys):
+def test_opt_file_jobs_meta_file_and_the_conditioner_reads_the_store(setup, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from mixcl_arch.conditioning.conditioner import CondBatch, build_conditioner
+    from mixcl_arch.conditioning.config import ConditioningConfig
     mod = load_script()
     store = str(tmp_path / 'from_opt.pt')
-    opt = {'clip': dict(tiny_clip_opt(setup['clip']), cond_mode='hard', feature_store=None),
+    opt = {'clip': tiny_clip_opt(setup['clip']), 'conditioning': {'source': 'store', 'mode': 'hard'},
            'datasets': {'train': {'name': 't', 'type': 'CLIPPairedImageDataset', 'phase': 'train',
                                   'dataroot_lq': os.path.join(setup['root'], 'hazy'),
                                   'dataroot_gt': os.path.join(setup['root'], 'GT'),
                                   'meta_file': os.path.join(setup['root'], 'meta.csv'),
-                                  'feature_store': store, 'cond_source': 'store', 'gt_size': 16,
-                                  'io_backend': {'type': 'disk'}}}}
+                                  'feature_store': store, 'gt_size': 16, 'io_backend': {'type': 'disk'}}}}
     yml = tmp_path / 'opt.yml'
     yml.write_text(yaml.safe_dump(opt))
     assert mod.main(['-opt', str(yml), '--batch-size', '4', '--num-workers', '0', '--quiet']) == 0
     assert json.loads(capsys.readouterr().out.strip())['new'] == 5
-    ds_opt = dict(opt['datasets']['train'], clip=opt['clip'])
-    ds = build_dataset(ds_opt)
-    batch = next(iter(DataLoader(ds, batch_size=5, num_workers=2)))
-    assert batch['cond'].shape == (5, 1, 512) and batch['domain_prob'].shape == (5, 2)
+    # training reads it: the dataset serves keys and its store, the run's conditioner (same options) looks them up
+    batch = next(iter(DataLoader(build_dataset(opt['datasets']['train']), batch_size=5, num_workers=2)))
+    cfg = ConditioningConfig.from_options(opt)
+    cond = build_conditioner(cfg, SimpleNamespace(num_cond=1, cond_dim=512), stores=[store])
+    got = cond(CondBatch.from_data(batch, batch['lq']))
+    prior = CLIPPrior.from_opt(cfg.clip)
+    loaded = FeatureStore.load(store)
+    assert got.shape == (5, 1, 512) and sorted(loaded.names) == sorted(batch['key'])
+    text = prior.domain_text[loaded.get_rows(loaded.rows(list(batch['key'])))['probs'].argmax(1)]
+    torch.testing.assert_close(got[:, 0], text, atol=1e-5, rtol=0)  # hard: the likelier domain's text feature
+
+
+def test_options_come_from_the_conditioning_config_with_the_flags_on_top(tmp_path):
+    mod = load_script()
+    opt = {'clip': {'model': 'RN50', 'domains': ['day', 'night']},
+           'cliphaze_cond': {'crop': 32, 'stride': 16, 'short_side': None}}
+    cfg = mod.conditioning_options(mod.parse_args(['--model', 'ViT-B-16', '--density-source', 'dcp',
+                                                   '--dcp-param', 'omega=0.9']), opt)
+    assert cfg.clip.as_dict() == {'model': 'ViT-B-16', 'domains': ['day', 'night']}  # the flag replaced one key
+    c = cfg.cliphaze
+    assert (c.density_source, c.crop, c.stride, c.short_side) == ('dcp', 32, 16, None)
+    assert c.embedding_source == 'standin' and dict(c.dcp) == {'omega': '0.9'}  # derived from the merged options
+    # the old places are refused with the new one (the config is the one reader of these sections)
+    old = {'datasets': {'train': {'cliphaze_cond': {'density_source': 'dcp'}}}}
+    with pytest.raises(ValueError, match='datasets.train.cliphaze_cond: this setting moved to the top-level'):
+        mod.conditioning_options(mod.parse_args(['--density']), old)
+    with pytest.raises(ValueError, match='clip.nonsense: unknown CLIP option'):
+        mod.conditioning_options(mod.parse_args([]), {'clip': {'nonsense': 1}})
 
 
 def test_missing_weights_and_bad_input_exit_early(setup, tmp_path):

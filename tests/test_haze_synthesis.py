@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import mixcl_arch  # noqa: F401  (compat before basicsr)
-from mixcl_arch.utils import haze
+from mixcl_arch.data import haze_synthesis as haze
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -117,6 +117,7 @@ def test_make_haze_pairs_layout_meta_and_seed(tmp_path):
         assert lo <= float(r['beta']) <= hi and r['depth_source'] == 'pseudo'
         assert osp.isfile(tmp_path / 'o1' / 'train' / 'hazy' / r['hazy'])
         assert osp.isfile(tmp_path / 'o1' / 'train' / 'GT' / r['gt'])
+        assert haze.clear_stem(osp.splitext(r['hazy'])[0]) + '.png' == r['gt']  # the name rule parses back
     with open(tmp_path / 'o1' / 'test' / 'meta.csv') as f:
         assert {r['gt'] for r in csv.DictReader(f)} == {'a.png'}
 
@@ -131,6 +132,16 @@ def test_make_haze_pairs_layout_meta_and_seed(tmp_path):
     # refusing to overwrite a dataset
     with pytest.raises(FileExistsError, match='meta.csv'):
         _run_pairs(tmp_path, tmp_path / 'o1', *opts)
+
+
+def test_haze_name_rule_formats_and_parses_in_one_place():
+    from mixcl_arch.data.clip_data_util import GTNameMapper
+    name = haze.haze_name('sub/c.0.5_x', 3, 0.876, 0.1234)
+    assert name == 'sub/c.0.5_x_3_0.88_0.123'
+    assert haze.clear_stem(name) == 'sub/c.0.5_x'  # underscores and dots of the clear stem survive
+    assert haze.clear_stem('1_1_0.90179') is None  # an ITS name is not one of ours
+    # the dataset's gt_name_rule 'haze_pairs' is the same rule
+    assert GTNameMapper('haze_pairs')(name) == ['sub/c.0.5_x', 'c.0.5_x']
 
 
 def test_make_haze_pairs_uses_depth_file_exactly(tmp_path):

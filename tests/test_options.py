@@ -3,7 +3,8 @@
 Datasets are built on tiny stand-in data: every ``dataroot_*`` is rewritten to a generated temp dataset. The YAML's
 own ``clip:`` section is used as is: it is checked by the CLIP prior up to the point where the weights are loaded,
 and each feature store is a tiny-CLIP store carrying the provenance an extraction with that section records, so the
-dataset's provenance check runs against the real options.
+conditioner's provenance check runs against the real options. The top-level ``conditioning:`` section is parsed
+(:class:`~mixcl_arch.conditioning.config.ConditioningConfig`) and its conditioner fed with the datasets' batches.
 """
 import copy
 import glob
@@ -28,6 +29,29 @@ IDS = [os.path.relpath(f, ROOT) for f in OPTION_FILES]
 KIND = re.compile(r'# (LEAN RECIPE|REFERENCE RECIPE \(_ref\)|ADAPTED RECIPE|FAST PATH|ABLATION|FOLDER|'
                   r'NO-REFERENCE)[ :]')
 LEAN_KINDS = ('LEAN RECIPE', 'FAST PATH', 'ABLATION')
+
+
+def check_conditioning_layout(path, opt):
+    """The top-level conditioning layout: one stated source for the run, datasets with data keys only.
+
+    A conditioned model names its ``conditioning.source``; its datasets carry what that source reads (source store:
+    every dataset a ``feature_store``; oracle: a ``meta_file`` with domain labels; clip: no store, which would go
+    unused). An unconditioned model has neither ``conditioning:`` nor ``clip:``.
+    """
+    from mixcl_arch.conditioning.config import ConditioningConfig
+    cfg = ConditioningConfig.from_options(opt)  # an old-layout key fails here, naming its new place
+    datasets = list(opt['datasets'].values())
+    for ds in datasets:
+        assert not [k for k in ds if k in ('clip', 'cliphaze_cond') or k.startswith('cond_')], (path, dict(ds))
+    if opt['model_type'] in ('DehazeModel', 'DehazeNetModel'):
+        assert 'conditioning' not in opt and 'clip' not in opt, path
+        return
+    assert opt['conditioning']['source'] == cfg.source, path  # stated, not the default
+    needs = {'store': 'feature_store', 'oracle': 'meta_file'}.get(cfg.source)
+    if needs:
+        assert all(ds.get(needs) for ds in datasets), (path, needs)
+    if cfg.source == 'clip':
+        assert not any(ds.get('feature_store') for ds in datasets), path
 
 
 def kind(path):
@@ -103,6 +127,21 @@ class StandIn:
         self._stores[key] = path
         return path
 
+    def density_store(self, split, cliphaze):
+        """Feature store of ``split`` with CLIPHazeNet's density maps and embeddings for the options ``cliphaze``
+        (``scripts/extract_clip_features.py --density``): by the tiny CLIP, or the DCP stand-in (NOT CLIP)."""
+        from _clip_helpers import tiny_clip_opt
+        from mixcl_arch.clip import CLIPPrior
+        key = repr((split, cliphaze))
+        if key not in self._stores:
+            path = str(self.root / f'density_{split}_{len(self._stores)}.pt')
+            standin = cliphaze.density_source == 'dcp' and cliphaze.embedding_source == 'standin'
+            prior = None if standin else CLIPPrior.from_opt(tiny_clip_opt(self.clip_file))
+            self.extract.extract(prior, str(self.root / split / 'hazy'), path, num_workers=0, progress=False,
+                                 meta_file=str(self.root / split / 'meta.csv'), cond=cliphaze)
+            self._stores[key] = path
+        return self._stores[key]
+
 
 @pytest.fixture(scope='module')
 def standin(tmp_path_factory):
@@ -162,6 +201,7 @@ def test_option_file_is_well_formed(path):
     for metric in (opt.get('val') or {}).get('metrics') or {}:
         assert opt['val']['metrics'][metric]['type'] in METRIC_REGISTRY
     assert kind(path), f'{path}: line 1 must say which kind of recipe the file is ({KIND.pattern})'
+    check_conditioning_layout(path, opt)
     if path in TRAIN_FILES:
         train = opt['train']
         tr = opt['datasets']['train']
@@ -203,6 +243,23 @@ def _runtime_opt(opt, tmp_path, is_train):
     return opt
 
 
+def _standin_conditioning(rt, standin):
+    """The run's conditioning on stand-in data: each dataset's ``feature_store`` becomes a store holding what the
+    YAML's own store would (tiny-CLIP features under the YAML's CLIP provenance, or CLIPHazeNet's DCP stand-in maps),
+    and source clip runs the tiny CLIP (the YAML's ``clip:`` itself is checked up to the weights below)."""
+    from _clip_helpers import tiny_clip_opt
+    from mixcl_arch.conditioning.config import ConditioningConfig
+    cfg = ConditioningConfig.from_options(rt)
+    for phase, ds in rt['datasets'].items():
+        if ds.get('feature_store'):
+            split = 'train' if phase == 'train' else 'test'
+            ds['feature_store'] = standin.density_store(split, cfg.cliphaze) if 'cliphaze_cond' in rt \
+                else standin.store(split, rt['clip'])
+    if cfg.source == 'clip' and 'clip' in rt:
+        rt['clip'] = tiny_clip_opt(standin.clip_file)
+    return rt
+
+
 @pytest.fixture(scope='module')
 def random_weights(tmp_path_factory):
     """network_g options -> (file with its random weights, state dict), made once per distinct network."""
@@ -221,13 +278,13 @@ def random_weights(tmp_path_factory):
 
 
 @pytest.mark.parametrize('path', OPTION_FILES, ids=IDS)
-def test_option_file_builds_network_and_model(path, tmp_path, resnet18_file, random_weights, monkeypatch):
+def test_option_file_builds_network_and_model(path, tmp_path, resnet18_file, random_weights, standin, monkeypatch):
     from basicsr.losses import build_loss
     opt = load_yaml_file(path)
     if 'fusion_size' in opt['network_g']:  # textemb / parametric_linear maps hold 0.2-0.8 G parameters at full size
         opt['network_g']['fusion_size'] = 8
     weights, state = random_weights(to_plain(opt['network_g']))
-    rt = _runtime_opt(opt, tmp_path, is_train=path in TRAIN_FILES)
+    rt = _standin_conditioning(_runtime_opt(opt, tmp_path, is_train=path in TRAIN_FILES), standin)
     if path in TEST_FILES:
         # the test YAML's checkpoint is produced by training; stand in with random weights
         rt['path']['pretrain_network_g'] = weights
@@ -239,8 +296,9 @@ def test_option_file_builds_network_and_model(path, tmp_path, resnet18_file, ran
             build_loss(dict(cr_opt))
         cr_opt.update(depth=18, resnet_path=resnet18_file)
     model = build_model(rt)
-    assert type(model).__name__ == 'MixCLDehazeModel'
-    assert model.num_cond == (0 if opt['network_g']['type'] == 'MixDehazeNet' else 1)
+    plain = opt['network_g']['type'] == 'MixDehazeNet'
+    assert type(model).__name__ == ('DehazeModel' if plain else 'MixCLDehazeModel')
+    assert model.net_g.num_cond == (0 if plain else 1)
     if path in TEST_FILES:
         assert all(torch.equal(v, state[k]) for k, v in model.net_g.state_dict().items())
     else:
@@ -286,52 +344,70 @@ def test_a_template_without_placeholder_is_caught_before_the_weights(monkeypatch
         build_prior_until_weights(clip_opt, monkeypatch)
 
 
+def _net_for(network_g):
+    """The YAML's network at its smallest size (same ``num_cond`` / ``text_dim``: what the conditioner reads)."""
+    net_opt = dict(to_plain(network_g))
+    if 'variant' in net_opt:
+        net_opt['variant'] = 'T'
+    if 'fusion_size' in net_opt:
+        net_opt['fusion_size'] = 8
+    return build_network(net_opt)
+
+
 @pytest.mark.parametrize('path', OPTION_FILES, ids=IDS)
-def test_option_file_builds_datasets_on_standin_data(path, standin):
-    from mixcl_arch.utils.basicsr_fixes import propagate_clip_options
-    opt = propagate_clip_options(to_plain(load_yaml_file(path)))
+def test_option_file_builds_datasets_and_conditioning_on_standin_data(path, standin):
+    """Each dataset builds on stand-in data and its batch, with the YAML's top-level conditioning, gives the net
+    what it takes: the store's rows (source store, provenance checked against the YAML's ``clip:``), the label's
+    text feature (oracle) or the tiny CLIP online (clip)."""
+    from torch.utils.data import default_collate
+
+    from _clip_helpers import tiny_clip_opt
+    from mixcl_arch.conditioning.conditioner import CondBatch, build_conditioner
+    from mixcl_arch.conditioning.config import ClipOptions, ConditioningConfig
+    opt = to_plain(load_yaml_file(path))
+    cfg = ConditioningConfig.from_options(opt)
+    net = _net_for(opt['network_g'])
     for phase_key, ds in opt['datasets'].items():
         assert ds['type'] in DATASET_REGISTRY, (
             f"{ds['type']} is not registered: mixcl_arch/data/clip_paired_image_dataset.py is needed by {path}")
         ds_opt = _standin_dataset_opt(ds, standin.root, phase_key.split('_')[0])
         split = 'train' if phase_key == 'train' else 'test'
+        stores = []
         if ds_opt.get('feature_store'):
-            # a store as extracted with the YAML's clip section, checked against that section by the dataset
+            # a store as extracted with the YAML's clip section; the conditioner checks it against that section
             ds_opt['feature_store'] = standin.store(split, opt['clip'])
-            assert ds_opt['clip']['templates'] == opt['clip']['templates']
+            stores = [ds_opt['feature_store']]
         dataset = build_dataset(ds_opt)
         assert len(dataset) == 2
         item = dataset[0]
         assert item['lq'].shape[0] == 3 and ('gt' in item) == bool(ds_opt.get('dataroot_gt'))
         if phase_key == 'train' or ds_opt.get('center_crop'):
             assert item['lq'].shape[-2:] == (32, 32)
-        if ds_opt.get('cond_source', 'store' if ds_opt.get('feature_store') else 'none') != 'none':
-            assert item['cond'].shape == (opt['network_g'].get('num_cond', 1), 512)
-            assert torch.isclose(item['text'].norm(), torch.tensor(1.0), atol=1e-3)
+        run_cfg = cfg.replace(clip=ClipOptions.from_dict(tiny_clip_opt(standin.clip_file))) \
+            if cfg.source == 'clip' else cfg
+        cond = build_conditioner(run_cfg, net, stores=stores)
+        if net.num_cond == 0:
+            assert cond is None
+            continue
+        batch = default_collate([dataset[0], dataset[1]])
+        vectors = cond(CondBatch.from_data(batch, batch['lq']))
+        assert cond.source == cfg.source and vectors.shape == (2, net.num_cond, 512)
+        assert torch.allclose(vectors.norm(dim=-1), torch.ones(2, net.num_cond), atol=1e-3)
 
 
 def test_store_of_other_templates_is_rejected_for_the_yaml(standin):
-    """A store extracted with another (valid) prompt fails the provenance check of the YAML's clip section."""
-    from mixcl_arch.utils.basicsr_fixes import propagate_clip_options
+    """A store extracted with another (valid) prompt fails the provenance check of the YAML's clip section when the
+    run's conditioner is built (before any training)."""
+    from mixcl_arch.conditioning.conditioner import build_conditioner
+    from mixcl_arch.conditioning.config import ConditioningConfig
     path = os.path.join(ROOT, 'options', 'train', 'train_MixCLDehazeNet_S_RESIDE6K_ref.yml')
-    opt = propagate_clip_options(to_plain(load_yaml_file(path)))
-    ds_opt = _standin_dataset_opt(opt['datasets']['train'], standin.root, 'train')
-    ds_opt['feature_store'] = standin.store('train', dict(opt['clip'], templates=['a picture of a {}']))
+    opt = to_plain(load_yaml_file(path))
+    store = standin.store('train', dict(opt['clip'], templates=['a picture of a {}']))
+    cfg = ConditioningConfig.from_options(opt)
+    assert cfg.source == 'store'
     with pytest.raises(ValueError, match=r"templates: store \['a picture of a \{\}'\], options \['a photo of a"):
-        build_dataset(ds_opt)
-
-
-def test_top_level_clip_reaches_dataset_provenance_check(standin):
-    """The entry points copy ``clip:`` into each dataset, so a store made with another CLIP fails at construction."""
-    from mixcl_arch.utils.basicsr_fixes import propagate_clip_options
-    opt = to_plain(load_yaml_file(os.path.join(ROOT, 'options', 'train', 'train_MixCLDehazeNet_S_RESIDE6K.yml')))
-    propagate_clip_options(opt)
-    ds = opt['datasets']['train']
-    assert ds['clip']['model'] == 'ViT-B-32' and 'cond_fallback' not in ds['clip']
-    ds_opt = _standin_dataset_opt(ds, standin.root, 'train')
-    ds_opt['feature_store'] = standin.store('train')
-    with pytest.raises(ValueError, match=r"does not match the CLIP options: model: store 'mixcl-tiny-clip'"):
-        build_dataset(ds_opt)
+        build_conditioner(cfg, _net_for(opt['network_g']), stores=[store])
+    assert build_conditioner(cfg, _net_for(opt['network_g']), stores=[standin.store('train', opt['clip'])])
 
 
 @pytest.mark.parametrize('store_quick_gelu, yaml_quick_gelu, rejected', [
@@ -343,18 +419,121 @@ def test_top_level_clip_reaches_dataset_provenance_check(standin):
 def test_quick_gelu_is_part_of_the_store_provenance(standin, store_quick_gelu, yaml_quick_gelu, rejected):
     from _clip_helpers import tiny_clip_opt
     from mixcl_arch.clip.store import FeatureStore
+    from mixcl_arch.conditioning.conditioner import build_conditioner
+    from mixcl_arch.conditioning.config import ConditioningConfig
     store = standin.store('train', quick_gelu=store_quick_gelu)
     assert FeatureStore.load(store).meta['quick_gelu'] is store_quick_gelu
     clip_opt = tiny_clip_opt(standin.clip_file)  # a state-dict file: QuickGELU only when the option says so
     if yaml_quick_gelu is not None:
         clip_opt['quick_gelu'] = yaml_quick_gelu
-    ds_opt = dict(name='t', type='CLIPPairedImageDataset', phase='test', feature_store=store, clip=clip_opt,
-                  dataroot_lq=str(standin.root / 'train' / 'hazy'))
+    cfg = ConditioningConfig.from_options({'clip': clip_opt, 'conditioning': {'source': 'store'}})
+    net = _net_for({'type': 'MixCLDehazeNet', 'variant': 'T', 'text_dim': 512, 'num_cond': 1, 'data_range': 'unit'})
     if rejected:
         with pytest.raises(ValueError, match=rf'quick_gelu: store {store_quick_gelu}, options {bool(yaml_quick_gelu)}'):
-            build_dataset(ds_opt)
+            build_conditioner(cfg, net, stores=[store])
     else:
-        assert len(build_dataset(ds_opt)) == 2
+        assert build_conditioner(cfg, net, stores=[store]).source == 'store'
+
+
+# The real training entry point, recording the conditioning MixCLDehazeNet receives in its first training and first
+# validation forward (cond_train.pth, cond_val.pth): what the model's conditioner made of the YAML's top-level section.
+RECORD_ENTRY = '''
+import sys
+sys.path.insert(0, {root!r})
+import torch
+import mixcl_arch
+from mixcl_arch.archs.mixdehazenet_arch import MixCLDehazeNet
+
+_forward = MixCLDehazeNet.forward
+
+
+def forward(self, x, text=None):
+    name = 'cond_train.pth' if self.training else 'cond_val.pth'
+    if name not in RECORDED:
+        RECORDED.add(name)
+        torch.save(text.detach().cpu(), name)
+    return _forward(self, x, text)
+
+
+RECORDED = set()
+MixCLDehazeNet.forward = forward
+from mixcl_arch.train import main
+main()
+'''
+
+
+def _oracle_run_opt(tmp_path):
+    """A tiny MixCLDehazeNet run on labelled pairs (train: indoor, val: outdoor) with ``conditioning.source: oracle``
+    and no store: each image gets the stand-in text feature of its label; no dataset carries a clip: section."""
+    import csv
+
+    from _train_helpers import tiny_train_opt
+    root = tmp_path / 'data'
+    make_pair_dataset(str(root), n_train=2, n_test=1, size=32)
+    for split, domain in (('train', 'indoor'), ('test', 'outdoor')):
+        with open(root / split / 'meta.csv', 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['hazy', 'gt', 'domain'])
+            w.writerows([n, n, domain] for n in sorted(os.listdir(root / split / 'hazy')))
+    net = dict(type='MixCLDehazeNet', embed_dims=[8, 16, 16, 16, 8], depths=[1] * 5, data_range='unit')
+    opt = tiny_train_opt(str(root), total_iter=1, periods=1, save_freq=1, val_freq=1, net=net)
+    for phase, split in (('train', 'train'), ('val', 'test')):
+        ds = opt['datasets'][phase]
+        opt['datasets'][phase] = dict(
+            {k: v for k, v in ds.items() if k not in ('type', 'filename_tmpl', 'scale')}, type='CLIPPairedImageDataset',
+            meta_file=str(root / split / 'meta.csv'))
+    opt['model_type'] = 'MixCLDehazeModel'
+    opt['val']['metrics'] = {'psnr': {'type': 'calculate_psnr_dehaze'}}
+    opt['logger']['use_tb_logger'] = False
+    opt.update(clip={'model': 'ViT-B-32', 'pretrained': 'openai'}, conditioning={'source': 'oracle'})
+    return opt
+
+
+def test_top_level_conditioning_reaches_the_model_through_the_entry_point(tmp_path):
+    """train.py hands the model the top-level ``conditioning:`` (no dataset carries conditioning or clip options):
+    source oracle gives the net each image's label vector in training and validation. Without it the model would
+    run source clip, which needs CLIP weights that do not exist here."""
+    from _train_helpers import run_entry, write_yaml
+    from mixcl_arch.data.clip_data_util import standin_text_feature
+    opt = _oracle_run_opt(tmp_path)
+    assert not any(k == 'clip' or k.startswith('cond') for ds in opt['datasets'].values() for k in ds)
+    entry = tmp_path / 'record_train.py'
+    entry.write_text(RECORD_ENTRY.format(root=ROOT))
+    log = run_entry(str(entry), ['-opt', write_yaml(opt, tmp_path / 'oracle.yml')], cwd=str(tmp_path))
+    assert 'datasets:[' in log and 'conditioning:[' in log
+    datasets_dump = log[log.index('  datasets:['):log.index('  network_g:[')]
+    assert 'clip:[' not in datasets_dump and 'cond_' not in datasets_dump
+    for name, domain, other in (('cond_train.pth', 'indoor', 'outdoor'), ('cond_val.pth', 'outdoor', 'indoor')):
+        cond = torch.load(tmp_path / name, weights_only=True)
+        assert cond.shape[1:] == (1, 512)
+        for row in cond[:, 0]:
+            assert torch.allclose(row, standin_text_feature(domain, 512), atol=1e-6)
+            assert not torch.allclose(row, standin_text_feature(other, 512), atol=1e-3)
+
+
+@pytest.mark.parametrize('old_key, new_key', [
+    ('datasets.train.cond_source', 'conditioning.source'),
+    ('clip.cond_mode', 'conditioning.mode'),
+])
+def test_an_old_conditioning_key_fails_at_start_naming_its_new_place(tmp_path, old_key, new_key):
+    """An option file with a key of the old layout stops train.py before any work, naming the file, the key and
+    where the setting lives now."""
+    import subprocess
+    import sys
+
+    from _train_helpers import TRAIN, write_yaml
+    opt = _oracle_run_opt(tmp_path)
+    section, _, name = old_key.rpartition('.')
+    target = opt
+    for part in section.split('.'):
+        target = target[part]
+    target[name] = 'store' if name == 'cond_source' else 'hard'
+    yml = write_yaml(opt, tmp_path / 'old.yml')
+    proc = subprocess.run([sys.executable, TRAIN, '-opt', yml], cwd=str(tmp_path), capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'), timeout=240)
+    assert proc.returncode != 0
+    assert f'{yml}: {old_key}: this setting moved to {new_key}' in proc.stderr
+    assert not (tmp_path / 'experiments').exists()  # failed before BasicSR made the run folder
 
 
 DEMO_AND_BASELINE_FILES = sorted(f for f in glob.glob(os.path.join(ROOT, 'options', '*', '*.yml'))
@@ -363,15 +542,16 @@ DEMO_AND_BASELINE_FILES = sorted(f for f in glob.glob(os.path.join(ROOT, 'option
 
 @pytest.mark.parametrize('path', DEMO_AND_BASELINE_FILES, ids=[os.path.relpath(f, ROOT) for f in
                                                                 DEMO_AND_BASELINE_FILES])
-def test_other_option_files_parse_and_build_network_and_model(path, tmp_path):
+def test_other_option_files_parse_and_build_network_and_model(path, tmp_path, standin):
     """Demo and baseline YAMLs (their data exists only after make_demo_data): sections, registry, net, model."""
     opt = load_yaml_file(path)
     assert opt['model_type'] in MODEL_REGISTRY and re.fullmatch(r'[A-Za-z0-9_]+', opt['name'])
     assert all(len(line.rstrip('\n')) <= 120 for line in open(path))
     for ds in opt['datasets'].values():
         assert ds['type'] in DATASET_REGISTRY
+    check_conditioning_layout(path, opt)
     net = build_network(to_plain(opt['network_g']))
-    rt = _runtime_opt(opt, tmp_path, is_train=os.sep + 'train' + os.sep in path)
+    rt = _standin_conditioning(_runtime_opt(opt, tmp_path, is_train=os.sep + 'train' + os.sep in path), standin)
     if not rt['is_train']:
         weights = tmp_path / 'net.pth'
         torch.save({'params': net.state_dict()}, weights)

@@ -253,7 +253,7 @@ def test_help_answers_before_heavy_imports(script):
 
 def test_choices_spelled_out_for_a_fast_help_agree_with_the_package():
     from mixcl_arch.utils.checkpoint import SAVE_FORMATS
-    from mixcl_arch.utils.haze import DOMAIN_PRESETS
+    from mixcl_arch.data.haze_synthesis import DOMAIN_PRESETS
     assert _script('make_haze_pairs').DOMAINS == tuple(sorted(DOMAIN_PRESETS))
     convert = _script('convert_official_checkpoint')
     assert convert.ARCH_NAMES == tuple(sorted(convert.ARCHS)) and convert.FORMATS == tuple(SAVE_FORMATS)
@@ -333,3 +333,107 @@ def test_scheduler_check_is_an_option_error_in_process(tmp_path):
     opt.update(is_train=True, dist=False, rank=0, world_size=1, num_gpu=0, root_path=str(tmp_path))
     with pytest.raises(OptionError, match=r'periods: \[4\] sum to 4.*total_iter is 10'):
         build_model(opt)
+
+
+# ------------------------------------------------------------------------------------------ item 7: entry points
+# the console scripts as pip writes them: import the function named in setup.py and exit with what it returns
+CONSOLE_WRAPPER = 'import sys; from {module} import {func}; sys.argv[0] = {name!r}; sys.exit({func}())'
+ENTRY_HEAVY = ('torch', 'torchvision', 'basicsr', 'cv2', 'numpy', 'open_clip', 'skimage')
+
+
+def console_scripts():
+    """``name -> (module, function)`` of the console scripts declared in setup.py."""
+    import re
+    with open(osp.join(ROOT, 'setup.py')) as f:
+        return {name: (module, func) for name, module, func in re.findall(r"'([\w-]+)=([\w.]+):(\w+)'", f.read())}
+
+
+def entry_commands():
+    """Every documented way to start the three commands, as argument lists for the interpreter."""
+    commands = {f'python -m mixcl_arch.{kind}': ['-m', f'mixcl_arch.{kind}'] for kind in ('dehaze', 'train', 'test')}
+    commands.update({f'python mixcl_arch/{kind}.py': [osp.join(ROOT, 'mixcl_arch', f'{kind}.py')]
+                     for kind in ('train', 'test')})
+    for name, (module, func) in console_scripts().items():
+        commands[name] = ['-c', CONSOLE_WRAPPER.format(module=module, func=func, name=name)]
+    return commands
+
+
+def run_importtime(command, args, cwd):
+    """Run ``python -X importtime <command> <args>``; returns (process, top-level names of every import).
+
+    ``PYTHONPATH``: the checkout, for an editable install made before ``mixcl_arch_cli`` existed.
+    """
+    proc = subprocess.run([sys.executable, '-X', 'importtime'] + command + args, capture_output=True, text=True,
+                          timeout=120, cwd=cwd, env=dict(os.environ, COLUMNS='100', PYTHONPATH=ROOT))
+    imported = {line.rsplit('|', 1)[1].strip().split('.')[0] for line in proc.stderr.splitlines()
+                if line.startswith('import time:') and line.count('|') == 2}
+    return proc, imported
+
+
+def test_console_scripts_are_the_three_light_fronts():
+    assert console_scripts() == {'mixcl-dehaze': ('mixcl_arch_cli', 'cli_dehaze'),
+                                 'mixcl-train': ('mixcl_arch_cli', 'cli_train'),
+                                 'mixcl-test': ('mixcl_arch_cli', 'cli_test')}
+
+
+@pytest.mark.parametrize('name', sorted(entry_commands()))
+def test_entry_point_help_and_argument_errors_before_heavy_imports(name, tmp_path):
+    """``--help`` exits 0 with the usage, a missing required option exits 2, and neither imports torch & co."""
+    command = entry_commands()[name]
+    proc, imported = run_importtime(command, ['--help'], str(tmp_path))
+    assert proc.returncode == 0 and proc.stdout.startswith('usage: '), proc.stderr[-3000:]
+    assert 'mixcl_arch' in imported or 'mixcl_arch_cli' in imported  # the probe sees this project's imports
+    assert not imported & set(ENTRY_HEAVY), f'{name} --help imports {sorted(imported & set(ENTRY_HEAVY))}'
+    proc, imported = run_importtime(command, [], str(tmp_path))
+    assert proc.returncode == 2 and 'error: the following arguments are required' in proc.stderr
+    assert not imported & set(ENTRY_HEAVY)
+    assert not os.listdir(tmp_path)
+
+
+def test_train_and_test_help_is_basicsrs_own(tmp_path):
+    """The fronts' copy of BasicSR's parser prints BasicSR's help and refuses what BasicSR refuses."""
+    env = dict(os.environ, COLUMNS='100', MIXCL_ARCH_NO_BASICSR_HOOK='1')
+    theirs_dir = tmp_path / 'basicsr_side'
+    theirs_dir.mkdir()
+    for kind in ('train', 'test'):
+        # BasicSR's parse_options, unpatched, in a file of the same name (the usage line starts with it): the
+        # torchvision alias (compat.py is self-contained), then basicsr itself
+        (theirs_dir / f'{kind}.py').write_text(
+            f'import runpy\nrunpy.run_path({osp.join(ROOT, "mixcl_arch", "compat.py")!r})\n'
+            'from basicsr.utils.options import parse_options\nparse_options(".")\n')
+        bad = [['-opt', 'x.yml', '--launcher', 'mpi', '--force_yml']] if kind == 'train' else []  # one code path
+        for args in [['--help']] + bad:
+            theirs, ours = (subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                                           timeout=120, cwd=str(tmp_path), env=env)
+                            for script in (str(theirs_dir / f'{kind}.py'), osp.join(ROOT, 'mixcl_arch', f'{kind}.py')))
+            assert ours.returncode == theirs.returncode and ours.returncode in (0, 2), (args, theirs.stderr[-2000:])
+            assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr), args
+
+
+def test_check_basicsr_args_takes_the_launchers_spelling_of_local_rank():
+    import mixcl_arch_cli
+    args = mixcl_arch_cli.check_basicsr_args(['-opt', 'x.yml', '--launcher', 'pytorch', '--local-rank=1'])
+    assert (args.opt, args.launcher, args.local_rank, args.auto_resume) == ('x.yml', 'pytorch', 1, False)
+    assert mixcl_arch_cli.check_basicsr_args(['-opt', 'x.yml', '--local_rank', '3']).local_rank == 3
+
+
+def test_registration_is_deferred_only_for_the_command_line_fronts(tmp_path):
+    """``import mixcl_arch`` registers; ``python -m`` of another module (``basicsr.train``'s path) does too."""
+    probe = ('import sys; import mixcl_arch; from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY; '
+             'print("MixCLDehazeNet" in ARCH_REGISTRY, "MixCLDehazeModel" in MODEL_REGISTRY)')
+    (tmp_path / 'probe_mod.py').write_text(probe)
+    for command in (['-c', probe], ['-m', 'probe_mod']):
+        proc = subprocess.run([sys.executable] + command, capture_output=True, text=True, timeout=120,
+                              cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=f'{tmp_path}{os.pathsep}{ROOT}'))
+        assert proc.returncode == 0 and proc.stdout.split() == ['True', 'True'], proc.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------------ issue 13: DehazeNet tiles
+def test_dehazenet_tile_overlap_defaults_to_the_seamless_one_and_reports_a_smaller_one(recwarn):
+    """The overlap was silently raised from the default 32 to 44: 44 is now the default, a smaller one warns."""
+    from mixcl_arch.baselines.dehazenet import SEAMLESS_OVERLAP, DehazeNetRecoveryParams
+    assert DehazeNetRecoveryParams(tile=128).tile_overlap == SEAMLESS_OVERLAP == 44
+    assert DehazeNetRecoveryParams(tile=None, tile_overlap=8).tile_overlap == 8  # no tiles: nothing to report
+    assert not [w for w in recwarn if 'tile_overlap' in str(w.message)]
+    with pytest.warns(UserWarning, match=r'^dehazenet.tile_overlap: 16 px is raised to 44 px, the smallest overlap'):
+        DehazeNetRecoveryParams(tile=64, tile_overlap=16)

@@ -122,6 +122,7 @@ def test_ref_test_yaml_evaluates_the_best_checkpoint_on_full_images(key):
     opt = load_yaml_file(ref_test_file(*key))
     assert opt['path']['pretrain_network_g'] == f"experiments/{train_opt['name']}/models/net_g_best.pth"
     assert opt['network_g'] == train_opt['network_g'] and opt['clip'] == train_opt['clip']
+    assert opt['conditioning'] == train_opt['conditioning']  # the conditioning the net was trained with
     (test_ds, ) = opt['datasets'].values()
     val_ds = dict(train_opt['datasets']['val'])
     val_ds.pop('center_crop', None)  # the reference test.py reads full images
@@ -213,7 +214,7 @@ def test_rtts_yaml_evaluates_niqe_without_ground_truth(tmp_path):
         folder.mkdir(exist_ok=True)
         assert cv2.imwrite(str(folder / f'{i:04d}.png'), img)
     # the YAML's dataset and metrics; a tiny unconditioned net with random weights stands in for the trained one
-    ds_opt = dict(ds_opt, dataroot_lq=str(folder), phase='test', cond_source='none')
+    ds_opt = dict(ds_opt, dataroot_lq=str(folder), phase='test')
     ds_opt.pop('feature_store')
     weights = tmp_path / 'net.pth'
     from basicsr.archs import build_network

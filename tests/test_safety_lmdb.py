@@ -2,7 +2,7 @@
 
 Unchecked, a truncated ``data.mdb`` passes dataset construction and the first read past the end of the file kills
 the process with SIGBUS (rc -7; DataLoader workers report "out of shared memory"); a zero-byte one fails later with
-"Bad file descriptor". Every reader opens databases through ``mixcl_arch.utils.lmdb_tools.open_lmdb`` /
+"Bad file descriptor". Every reader opens databases through ``mixcl_arch.data.lmdb_tools.open_lmdb`` /
 ``lmdb_env``, so each one is exercised here. Readers run in a child process, since the failure being guarded against
 kills whatever process makes it.
 """
@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mixcl_arch.utils import lmdb_tools
+from mixcl_arch.data import lmdb_tools
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -29,7 +29,7 @@ import importlib.util, json, os.path as osp, sys
 import mixcl_arch
 from mixcl_arch.data.clip_paired_image_dataset import CLIPPairedImageDataset
 from mixcl_arch.data.transmission_patch_dataset import TransmissionPatchDataset
-from mixcl_arch.utils.lmdb_tools import verify_lmdb
+from mixcl_arch.data.lmdb_tools import verify_lmdb
 
 
 def script(name):
@@ -52,8 +52,8 @@ def transmission(d):
 
 
 def benchmark(d):
-    pairs = script('benchmark_quality').PairedSet(d)
-    return lambda: pairs.read(pairs.items[0])[0].shape
+    dataset, items = script('benchmark_quality').open_pairs(d)
+    return lambda: dataset[items[0]['index']]['lq'].shape
 
 
 def features(d):

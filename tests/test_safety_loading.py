@@ -261,8 +261,8 @@ def test_clip_torchscript_flag_reaches_the_prior_from_both_command_lines():
     assert parse_args(['-i', 'x', '-o', 'y', '--weights', 'w', '--clip-torchscript']).clip_torchscript
     ecf = load_script('extract_clip_features')
     args = ecf.parse_args(['--dataroot', 'd', '--pretrained', 'ViT-B-32.pt', '--clip-torchscript'])
-    assert ecf.clip_options(args, None)['torchscript'] is True
-    assert 'torchscript' not in ecf.clip_options(ecf.parse_args(['--dataroot', 'd']), None)
+    assert ecf.conditioning_options(args, None).clip.as_dict()['torchscript'] is True
+    assert 'torchscript' not in ecf.conditioning_options(ecf.parse_args(['--dataroot', 'd']), None).clip.as_dict()
 
 
 # ------------------------------------------------------------------------------ the explicit opt-in (legacy pickles)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from mixcl_arch.archs.mixdehazenet_arch import MixCLDehazeNet, MixDehazeNet
-from mixcl_arch.data.clip_data_util import decode_image, read_pair_csv
+from mixcl_arch.data.clip_data_util import read_pair_csv
+from mixcl_arch.utils.image_io import decode_image
 from mixcl_arch.dehaze import main as dehaze
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -534,16 +535,15 @@ def test_make_haze_pairs_index_existing_never_replaces_a_foreign_meta_csv(tmp_pa
 
 # ------------------------------------------------------ the pixel limit guards every decoder (remaining gaps)
 def test_imread_rgb_refuses_a_bomb_before_decoding(tmp_path, imdecode_spy):
-    from mixcl_arch.utils.haze import imread_rgb
     seen, _ = imdecode_spy
     (tmp_path / 'bomb.png').write_bytes(bomb_png())
     with pytest.raises(ValueError, match='bomb.png.*exceeds'):
-        imread_rgb(str(tmp_path / 'bomb.png'))
+        decode_image(str(tmp_path / 'bomb.png'))
     assert not seen
     _png(tmp_path / 'ok.png', 1, (5, 7))
-    assert imread_rgb(str(tmp_path / 'ok.png'), max_pixels=35).shape == (5, 7, 3)
+    assert decode_image(str(tmp_path / 'ok.png'), max_pixels=35).shape == (5, 7, 3)
     with pytest.raises(ValueError, match='exceeds'):
-        imread_rgb(str(tmp_path / 'ok.png'), max_pixels=34)
+        decode_image(str(tmp_path / 'ok.png'), max_pixels=34)
 
 
 def test_benchmark_quality_refuses_a_bomb_before_decoding(tmp_path, imdecode_spy):

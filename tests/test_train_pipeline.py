@@ -90,9 +90,8 @@ def test_training_state_with_counter_loads_safely_and_latest_is_found(tmp_path):
 
 
 def clip_pair_opt(lq, gt, name, train=True, **extra):
-    """The project's CLIPPairedImageDataset without conditioning (what the demo and RESIDE options train on)."""
-    opt = dict(name=name, type='CLIPPairedImageDataset', dataroot_lq=lq, dataroot_gt=gt, io_backend=dict(type='disk'),
-               cond_source='none')
+    """The project's CLIPPairedImageDataset (what the demo and RESIDE options train on; it serves data only)."""
+    opt = dict(name=name, type='CLIPPairedImageDataset', dataroot_lq=lq, dataroot_gt=gt, io_backend=dict(type='disk'))
     if train:
         opt.update(gt_size=16, use_hflip=True, num_worker_per_gpu=0, batch_size_per_gpu=2, dataset_enlarge_ratio=1)
     opt.update(extra)

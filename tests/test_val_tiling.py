@@ -8,14 +8,16 @@ from _net_helpers import randomize_bn
 from mixcl_arch.restorers import NetRestorer
 from mixcl_arch.utils.options import OptionError, check_options
 from mixcl_arch.utils.tiling import hat_tile_args, tile_starts
-from test_model import _loader, batch, model_opt
+from test_model import _loader, model_opt
 from test_tiling import _seam_excess, _smooth_image
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 
-def _model(tmp_path, net_type, tile=None, where='val', **net_extra):
+def _model(tmp_path, net_type, tile=None, where='val', cond_store=None, **net_extra):
     opt = model_opt(tmp_path, net_type, is_train=False)
+    if cond_store is not None:  # the oracle's per-domain text vectors (default: the unit-norm stand-ins)
+        opt['conditioning']['store'] = str(cond_store)
     opt['path']['log'] = str(tmp_path)  # test runs write a per-image CSV there
     opt['network_g'].update(net_extra)
     if net_type == 'AODNet':
@@ -34,8 +36,8 @@ def _count_calls(net):
     return calls
 
 
-def _test(model, lq, cond=None):
-    model.feed_data(dict(lq=lq) if cond is None else dict(lq=lq, cond=cond))
+def _test(model, lq, domains=None):
+    model.feed_data(dict(lq=lq) if domains is None else dict(lq=lq, domain=domains))  # oracle labels: model_opt
     model.test()
     return model.output.clone()
 
@@ -75,18 +77,22 @@ def test_mixdehazenet_tiles_blend_without_seams_like_the_cli(tmp_path):
 
 
 def test_conditioning_reaches_every_tile(tmp_path):
-    tiled = _model(tmp_path / 'a', 'MixCLDehazeNet', tile=(48, 24))
-    whole = _model(tmp_path / 'b', 'MixCLDehazeNet')
+    # random per-domain text vectors (norm ~22): a fresh text fusion barely reacts to unit-norm ones
+    domains = ['indoor', 'outdoor']
+    g = torch.Generator().manual_seed(0)
+    text = {d: torch.randn(512, generator=g) for d in domains}
+    torch.save({'domain_text': text}, tmp_path / 'text.pt')
+    tiled = _model(tmp_path / 'a', 'MixCLDehazeNet', tile=(48, 24), cond_store=tmp_path / 'text.pt')
+    whole = _model(tmp_path / 'b', 'MixCLDehazeNet', cond_store=tmp_path / 'text.pt')
     tiled.net_g.load_state_dict(whole.net_g.state_dict())
     calls = _count_calls(tiled.net_g)
-    data = batch(b=2, size=24, k=2)
     x = _smooth_image(120, 150).expand(2, -1, -1, -1).contiguous()
-    out = _test(tiled, x, data['cond'])
+    out = _test(tiled, x, domains)
     assert len(calls) == len(tile_starts(120, 96, 48, 4)) * len(tile_starts(152, 96, 48, 4)) > 1
-    assert all(torch.equal(args[1], data['cond']) for args in calls)
-    assert (out - _test(whole, x, data['cond'])).abs().mean().item() < 2e-3
-    other = _test(whole, x, data['cond'].flip(0))
-    assert (out - other).abs().mean().item() > 10 * (out - _test(whole, x, data['cond'])).abs().mean().item()
+    assert all(torch.equal(args[1], torch.stack([text[d] for d in domains])[:, None]) for args in calls)
+    assert (out - _test(whole, x, domains)).abs().mean().item() < 2e-3
+    other = _test(whole, x, domains[::-1])
+    assert (out - other).abs().mean().item() > 10 * (out - _test(whole, x, domains)).abs().mean().item()
 
 
 def test_validation_runs_tiled(tmp_path):

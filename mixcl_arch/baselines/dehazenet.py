@@ -20,12 +20,13 @@ look thinner than in training and t is over-estimated (under-dehazed output). Fa
 
 The network runs on the whole image (or on overlapping tiles with ``tile`` / ``tile_overlap``; t is local, each
 output pixel sees 11 px on each side, and tiled_forward ignores the outer quarter of an overlap, so tiles overlapping
-by >= 44 px give the same map; smaller overlaps are raised to 44); A and the guided filter always use the whole
-image.
+by >= 44 px give the same map: the default ``tile_overlap``, and a smaller one is raised to it with a warning); A and
+the guided filter always use the whole image.
 """
 import dataclasses
 import functools
 import typing
+import warnings
 
 import torch
 
@@ -37,6 +38,11 @@ from mixcl_arch.utils.options import OptionError, check_bool, check_int, check_s
 
 __all__ = ['DehazeNetRecoveryParams', 'estimate_atmospheric_light_from_t', 'dehazenet_recover', 'dehazenet_dehaze',
            'predict_transmission', 'load_dehazenet', 'DehazeNetRestorer']
+
+
+# each t pixel depends on 11 px on each side (5x5 conv 2, 7x7 conv 3, 7x7 pool 3, 6x6 conv 3); tiled_forward gives
+# weight 0 to the outer quarter of every overlap, so exact tiling needs an overlap of at least 4 * 11
+SEAMLESS_OVERLAP = 44
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +60,8 @@ class DehazeNetRecoveryParams(RecoveryParams):
         a_normalize (bool): Second network pass on clamp(I / A, 0, 1) (see the module docstring); false: one pass.
         tile (int | None): Tile size of the network pass (None / 0: whole image); A and the guided filter always use
             the whole image.
-        tile_overlap (int): Tile overlap in pixels, < ``tile`` (raised to :data:`SEAMLESS_OVERLAP` when smaller).
+        tile_overlap (int): Tile overlap in pixels, < ``tile``; default :data:`SEAMLESS_OVERLAP` (44), the smallest
+            seamless one: a smaller value is raised to it, with a warning.
     """
     top_ratio: float = option(0.01, check_fraction)
     atmo_mode: str = option('brightest_grey', check_atmo_mode)
@@ -63,7 +70,7 @@ class DehazeNetRecoveryParams(RecoveryParams):
     gf_eps: float = option(1e-3, check_positive)
     a_normalize: bool = option(True, check_bool)
     tile: int | None = option(None, functools.partial(check_int, optional=True, ge=0))
-    tile_overlap: int = option(32, check_non_negative_int)
+    tile_overlap: int = option(SEAMLESS_OVERLAP, check_non_negative_int)
 
     SECTION: typing.ClassVar[str] = 'dehazenet'
 
@@ -71,6 +78,9 @@ class DehazeNetRecoveryParams(RecoveryParams):
         if self.tile and self.tile_overlap >= self.tile:
             raise OptionError(f'{where}.tile_overlap: expected an integer < tile ({self.tile}), got '
                               f'{self.tile_overlap}.')
+        if self.tile and self.tile_overlap < SEAMLESS_OVERLAP:
+            warnings.warn(f'{where}.tile_overlap: {self.tile_overlap} px is raised to {SEAMLESS_OVERLAP} px, the '
+                          'smallest overlap that makes DehazeNet tiles seamless.', stacklevel=4)
 
 
 def estimate_atmospheric_light_from_t(x, t, top_ratio=0.01, mode='brightest_grey'):
@@ -142,11 +152,6 @@ def _params(params):
         raise TypeError(f'params must be a DehazeNetRecoveryParams (e.g. DehazeNetRecoveryParams(t0=0.2)), got '
                         f'{type(p).__name__}.')
     return p
-
-
-# each t pixel depends on 11 px on each side (5x5 conv 2, 7x7 conv 3, 7x7 pool 3, 6x6 conv 3); tiled_forward gives
-# weight 0 to the outer quarter of every overlap, so exact tiling needs an overlap of at least 4 * 11
-SEAMLESS_OVERLAP = 44
 
 
 def predict_transmission(net, x, tile=None, tile_overlap=SEAMLESS_OVERLAP):

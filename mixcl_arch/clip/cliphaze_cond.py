@@ -417,13 +417,3 @@ def density_mismatches(meta, cfg):
     return [f'{key}: store {meta.get(key)!r}, options {value!r}' for key, value in want.items()
             if key not in ('note', 'embedding_note') and meta.get(key) != value]
 
-
-def cliphaze_cond_options(opt):
-    """The ``cliphaze_cond:`` options of an options dict: the top-level section, else the first dataset's (as
-    ``scripts/extract_clip_features.py`` reads them); {} when there is none (the defaults)."""
-    if opt.get('cliphaze_cond') is not None:
-        return dict(opt['cliphaze_cond'])
-    for ds in (opt.get('datasets') or {}).values():
-        if isinstance(ds, dict) and ds.get('cliphaze_cond') is not None:
-            return dict(ds['cliphaze_cond'])
-    return {}

@@ -14,8 +14,6 @@ __all__ = ['CLIPPrior', 'LOGIT_SCALE', 'PRIOR_OPTION_KEYS']
 LOGIT_SCALE = 100.0  # softmax(100 * cosine), as the reference's clip_text.py
 PRIOR_OPTION_KEYS = ('model', 'pretrained', 'device', 'dtype', 'domains', 'templates', 'prompt_sets', 'model_cfg',
                      'quick_gelu', 'cache_dir', 'allow_download', 'torchscript')
-# keys of the YAML ``clip:`` section that configure conditioning, not the prior
-COND_OPTION_KEYS = ('cond_fallback', 'feature_store', 'cond_mode', 'cond_extra')
 _PRECISIONS = {'fp32': 'fp32', 'fp16': 'fp16', 'bf16': 'bf16', 'float32': 'fp32', 'float16': 'fp16',
                'bfloat16': 'bf16'}
 logger = logging.getLogger('mixcl_arch')
@@ -141,16 +139,19 @@ class CLIPPrior:
 
     @classmethod
     def from_opt(cls, opt):
-        """Build from a YAML ``clip:`` dict; conditioning keys (cond_mode, cond_extra, feature_store,
-        cond_fallback) are ignored, unknown keys raise ValueError."""
-        opt = dict(opt or {})
-        for key in COND_OPTION_KEYS:
-            opt.pop(key, None)
-        unknown = sorted(set(opt) - set(PRIOR_OPTION_KEYS))
-        if unknown:
-            raise ValueError(f'Unknown clip option(s) {unknown}; expected '
-                             f'{list(PRIOR_OPTION_KEYS + COND_OPTION_KEYS)}.')
-        return cls(**opt)
+        """Build from the YAML ``clip:`` section.
+
+        Args:
+            opt (ClipOptions | dict | None): The parsed section (``ConditioningConfig.clip``) or the raw mapping, whose
+                keys must be :data:`PRIOR_OPTION_KEYS` (``~`` values keep the defaults).
+
+        Raises:
+            mixcl_arch.utils.options.OptionError: An unknown key, named as ``clip.<key>``.
+        """
+        from mixcl_arch.conditioning.config import ClipOptions  # lazy: the config module imports this one
+        if not isinstance(opt, ClipOptions):
+            opt = ClipOptions.from_dict(opt)
+        return cls(**opt.as_dict())
 
     # ------------------------------------------------------------------------------------------------ text side
     @torch.no_grad()

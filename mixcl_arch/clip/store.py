@@ -23,21 +23,12 @@ import torch
 
 from mixcl_arch.utils.checkpoint import atomic_torch_save
 
-from .conditioning import PRIMARY_SET, hard_soft
+from mixcl_arch.conditioning.vectors import PRIMARY_SET, hard_soft
 
-__all__ = ['FeatureStore', 'STORE_FORMAT', 'STORE_VERSION', 'load_domain_text_features', 'image_key',
-           'provenance_mismatches']
+__all__ = ['FeatureStore', 'STORE_FORMAT', 'STORE_VERSION', 'load_domain_text_features', 'provenance_mismatches']
 
 STORE_FORMAT = 'mixcl_clip_features'
 STORE_VERSION = 1
-_IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-
-
-def image_key(rel_path):
-    """Store key of an image: its path relative to the image folder, without extension, '/'-separated."""
-    rel = str(rel_path).replace(os.sep, '/')
-    stem, ext = os.path.splitext(rel)
-    return stem if ext.lower() in _IMG_EXTENSIONS else rel
 
 
 def _as_list(value):
@@ -92,7 +83,7 @@ def provenance_mismatches(meta, clip_opt, embed_dim=None):
     Returns:
         list[str]: Human-readable differences (empty: compatible).
     """
-    from .conditioning import normalize_prompt_sets
+    from mixcl_arch.conditioning.vectors import normalize_prompt_sets
 
     diffs = []
     opt = dict(clip_opt or {})
@@ -200,7 +191,7 @@ class FeatureStore:
         """Append the prior outputs of a batch.
 
         Args:
-            names (list[str]): Keys (see :func:`image_key`), none of them already in the store.
+            names (list[str]): Keys (:func:`~mixcl_arch.utils.image_io.image_key`), none already in the store.
             out (dict): ``CLIPPrior`` output with 'probs' (B, D), 'image_emb' (B, E) and '<set>_probs'.
             spatial (dict | None): kind -> list of B (1, h, w) maps, for every declared spatial kind (stored fp16).
 

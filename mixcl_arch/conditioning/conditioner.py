@@ -11,6 +11,7 @@ import logging
 import torch
 
 from mixcl_arch.conditioning.kinds import net_kinds
+from mixcl_arch.utils.options import OptionError
 
 logger = logging.getLogger('mixcl_arch')
 
@@ -228,13 +229,19 @@ def build_conditioner(cfg, net, device='cpu', stores=(), online=False):
 
     Raises:
         RuntimeError: CLIP weights missing with ``conditioning.fallback`` error; the message says how to proceed.
-        ValueError: A store or file that does not fit the options or the net.
+        ValueError: A store or file that does not fit the options or the net; with ``online``, a stand-in embedding
+            without ``cliphaze_cond.standin_domain`` (:class:`OptionError`).
     """
     from mixcl_arch.clip.weights import CLIPWeightsError
     kinds = net_kinds(net, cfg)
     if not kinds:
         return None
     source = 'clip' if online and cfg.source in ('store', 'oracle') else cfg.source
+    standin = cfg.cliphaze.embedding_source == 'standin' and any(kind.name == 'embedding' for kind in kinds)
+    if online and source == 'clip' and standin and cfg.cliphaze.standin_domain is None:
+        raise OptionError('cliphaze_cond.embedding_source standin (the default of density_source: dcp) needs '
+                          'cliphaze_cond.standin_domain (--standin-domain in the CLI): bare images carry no domain '
+                          'label; give the label whose stand-in vector the network was trained with, e.g. indoor.')
     if source == 'store':
         return StoreConditioner(cfg, kinds, device, stores)
     if source == 'oracle':

@@ -51,8 +51,16 @@ def apply_crop(dmap, crop, scale):
 
     Returns:
         Tensor: (1, ceil(height / s), ceil(width / s)) float32 (sides swapped by an odd ``k``).
+
+    Raises:
+        ValueError: A flipped or rotated crop whose sides are not multiples of ``scale`` (the map would not mirror
+            onto the image).
     """
     top, left, height, width, hflip, vflip, k = (int(v) for v in crop)
+    if (hflip or vflip or k % 4) and (height % scale or width % scale):
+        raise ValueError(f'A flipped / rotated {height}x{width} crop must be a multiple of the store scale {scale} of '
+                         'the stored map, so that the map covers it exactly; set the train gt_size to a multiple of '
+                         f'{scale}.')
     out = crop_density(dmap, top, left, height, width, scale)
     if hflip:
         out = out.flip(-1)

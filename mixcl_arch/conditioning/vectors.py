@@ -81,7 +81,7 @@ def parse_extra(extra, cond_mode='hard', set_names=()):
         ValueError: Unknown set or mode.
     """
     if cond_mode not in COND_MODES:
-        raise ValueError(f'cond_mode must be one of {COND_MODES}, got {cond_mode!r}.')
+        raise ValueError(f'mode must be one of {COND_MODES}, got {cond_mode!r}.')
     if isinstance(extra, str):
         extra = [extra]
     parsed = []
@@ -93,9 +93,9 @@ def parse_extra(extra, cond_mode='hard', set_names=()):
         name, _, mode = entry.partition(':')
         mode = mode or cond_mode
         if mode not in COND_MODES:
-            raise ValueError(f'cond_extra entry {entry!r}: mode must be one of {COND_MODES}.')
+            raise ValueError(f'extra entry {entry!r}: mode must be one of {COND_MODES}.')
         if set_names is not None and name != PRIMARY_SET and name not in set_names:
-            raise ValueError(f'cond_extra entry {entry!r}: no prompt set {name!r} (available: '
+            raise ValueError(f'extra entry {entry!r}: no prompt set {name!r} (available: '
                              f"'image', '{PRIMARY_SET}[:mode]'{''.join(f', {n!r}' for n in set_names)}).")
         parsed.append(('text', name, mode))
     return parsed

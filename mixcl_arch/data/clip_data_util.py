@@ -1,26 +1,23 @@
 """Helpers of :class:`~mixcl_arch.data.clip_paired_image_dataset.CLIPPairedImageDataset` and
-``scripts/extract_clip_features.py``: image listing, hazy -> GT name rules, cheap header checks, decoding, pair CSV."""
+``scripts/extract_clip_features.py``: hazy -> GT name rules, key clashes, the pair CSV, crops and augmentation.
+
+Images are listed, keyed and decoded by :mod:`mixcl_arch.utils.image_io`."""
 import csv
 import os
 import re
-import struct
 import zlib
 
-import cv2
 import numpy as np
 
-from mixcl_arch.utils.image_io import check_pixels
+from mixcl_arch.data.haze_synthesis import HAZE_NAME_REGEX
 
-__all__ = ['IMG_EXTENSIONS', 'GT_NAME_RULES', 'index_unique', 'scan_images', 'GTNameMapper', 'image_size', 'tail_ok',
-           'decode_image', 'read_pair_csv', 'first', 'standin_text_feature', 'random_crop_pair', 'augment_pair']
+__all__ = ['GT_NAME_RULES', 'index_unique', 'GTNameMapper', 'read_pair_csv', 'first', 'standin_text_feature',
+           'random_crop_pair', 'augment_pair']
 
-IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 # stem up to the first underscore: ITS 1_1_0.90179 -> 1, OTS / SOTS 0025_0.8_0.1 -> 0025
 _FIRST_TOKEN = (r'^([^_]+)_.*$', r'\1')
-# scripts/make_haze_pairs.py names: <stem>_<version>_<A>_<beta>, where <stem> may itself contain underscores
-_HAZE_PAIRS = (r'^(.*)_\d+_\d+\.\d+_\d+\.\d+$', r'\1')
 GT_NAME_RULES = {'identity': None, 'reside_its': _FIRST_TOKEN, 'reside_ots': _FIRST_TOKEN, 'reside': _FIRST_TOKEN,
-                 'first_underscore': _FIRST_TOKEN, 'haze_pairs': _HAZE_PAIRS}
+                 'first_underscore': _FIRST_TOKEN, 'haze_pairs': (HAZE_NAME_REGEX, r'\1')}
 
 
 def first(items, n=5):
@@ -43,32 +40,6 @@ def index_unique(items, where):
         raise ValueError(f'{where}: {len(clashes)} name(s) differ only by extension, so their pairs and CLIP '
                          f'features cannot be told apart: {first(clashes)}. Rename or remove one of each.')
     return index
-
-
-def scan_images(folder):
-    """Image files under ``folder`` (recursive, hidden files skipped) as sorted '/'-separated relative paths.
-
-    Raises:
-        FileNotFoundError: Missing folder.
-        ValueError: No images.
-    """
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f'Image folder not found: {folder}')
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-        rel_dir = os.path.relpath(dirpath, folder)
-        for name in filenames:
-            if name.lower().endswith(IMG_EXTENSIONS) and not name.startswith('.'):
-                out.append(name if rel_dir == '.' else f"{rel_dir.replace(os.sep, '/')}/{name}")
-    if not out:
-        raise ValueError(f'No images in {folder} (extensions: {", ".join(IMG_EXTENSIONS)}).')
-    return sorted(out)
-
-
-def strip_ext(rel):
-    stem, ext = os.path.splitext(rel)
-    return stem if ext.lower() in IMG_EXTENSIONS else rel
 
 
 class GTNameMapper:
@@ -105,61 +76,6 @@ class GTNameMapper:
         if sub:
             cands.append(stem)
         return cands
-
-
-def image_size(path):
-    """(h, w) of an image from its header (PIL, lazy) or None when unreadable."""
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-        return int(h), int(w)
-    except Exception:
-        return None
-
-
-def tail_ok(path):
-    """Cheap truncation check: PNG must end with its IEND chunk, JPEG with the EOI marker (other formats: True)."""
-    with open(path, 'rb') as f:
-        head = f.read(8)
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - 64))
-        tail = f.read()
-    if head.startswith(b'\x89PNG\r\n\x1a\n'):
-        return (b'IEND' + struct.pack('>I', zlib.crc32(b'IEND'))) in tail
-    if head.startswith(b'\xff\xd8'):
-        return b'\xff\xd9' in tail
-    return True
-
-
-def decode_image(buf, name='<bytes>', max_pixels=None):
-    """Decode image bytes to float32 RGB (H, W, 3) in [0, 1] (8/16-bit, gray and alpha handled).
-
-    Args:
-        buf (bytes | np.ndarray): Encoded image.
-        name (str): Named in errors.
-        max_pixels (int | None): Largest accepted width x height, checked from the header before decoding (None:
-            ``MIXCL_MAX_PIXELS`` or 200 MP, see :func:`mixcl_arch.utils.image_io.check_pixels`).
-
-    Raises:
-        ValueError: Undecodable or oversized data (names the image).
-    """
-    arr = np.frombuffer(buf, np.uint8) if not isinstance(buf, np.ndarray) else buf
-    if not arr.size:
-        raise ValueError(f'Cannot decode image {name} (empty file).')
-    check_pixels(arr, name, max_pixels)
-    img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f'Cannot decode image {name} (unreadable or truncated file).')
-    scale = 65535.0 if img.dtype == np.uint16 else (1.0 if img.dtype.kind == 'f' else 255.0)
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    else:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return img.astype(np.float32) / np.float32(scale)
 
 
 def read_pair_csv(path, need_domain=False, domain_column='domain'):
@@ -200,10 +116,23 @@ def standin_text_feature(domain, dim=512):
     return v / v.norm()
 
 
-def random_crop_pair(lq, gt, size, edge_decay=0.0, rng=None, return_offsets=False):
-    """Paired random crop of ``size`` x ``size`` (DehazeFormer's edge re-weighting when ``edge_decay`` > 0: with
-    probability ``size / H * edge_decay`` the crop touches the top or bottom border, likewise for columns); with
-    ``return_offsets`` the crop's (top, left) follows the two crops (to cut maps stored at other resolutions)."""
+def random_crop_pair(lq, gt, size, edge_decay=0.0, rng=None):
+    """Paired random crop of ``size`` x ``size`` from (H, W, C) arrays.
+
+    DehazeFormer's edge re-weighting when ``edge_decay`` > 0: with probability ``size / H * edge_decay`` the crop
+    touches the top or bottom border, likewise for columns.
+
+    Args:
+        lq (np.ndarray): (H, W, C) image.
+        gt (np.ndarray | None): (H, W, C) image of the same size, or None.
+        size (int): Crop side.
+        edge_decay (float): Border re-weighting (0: uniform offsets).
+        rng (random.Random | None): Random source (default: the ``random`` module).
+
+    Returns:
+        tuple: (lq crop, gt crop or None, (top, left)): the offset, so that data stored at other resolutions can
+        follow the crop.
+    """
     import random
     rng = rng or random
     h, w = lq.shape[:2]
@@ -214,16 +143,25 @@ def random_crop_pair(lq, gt, size, edge_decay=0.0, rng=None, return_offsets=Fals
         return rng.randint(0, length - size)
 
     y, x = start(h), start(w)
-    crops = lq[y:y + size, x:x + size], (None if gt is None else gt[y:y + size, x:x + size])
-    return (*crops, (y, x)) if return_offsets else crops
+    return lq[y:y + size, x:x + size], (None if gt is None else gt[y:y + size, x:x + size]), (y, x)
 
 
 def augment_pair(imgs, hflip=True, vflip=False, rot=False, rng=None):
-    """Same random horizontal / vertical flip and 90-degree rotation for every (H, W, C) array in ``imgs``."""
+    """Same random horizontal flip, vertical flip and rotation by k quarter turns, in that order, for every array.
+
+    Args:
+        imgs (list[np.ndarray | None]): (H, W, C) arrays (None entries are passed through).
+        hflip, vflip, rot (bool): Which transforms may be drawn (each flip with probability 0.5, k uniform in 0..3).
+        rng (random.Random | None): Random source (default: the ``random`` module).
+
+    Returns:
+        tuple: (list of the transformed arrays, (hflip done, vflip done, k)); the rotation is
+        ``np.rot90(img, k, (0, 1))``. The flags tell what was done, e.g. for the dataset's crop record.
+    """
     import random
     rng = rng or random
-    do_h = hflip and rng.random() < 0.5
-    do_v = vflip and rng.random() < 0.5
+    do_h = bool(hflip and rng.random() < 0.5)
+    do_v = bool(vflip and rng.random() < 0.5)
     k = rng.randint(0, 3) if rot else 0
     out = []
     for img in imgs:
@@ -235,4 +173,4 @@ def augment_pair(imgs, hflip=True, vflip=False, rot=False, rng=None):
             if k:
                 img = np.rot90(img, k, (0, 1))
         out.append(img)
-    return out
+    return out, (do_h, do_v, k)

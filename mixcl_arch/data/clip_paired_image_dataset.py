@@ -1,4 +1,4 @@
-"""Paired hazy / clear dataset with CLIP conditioning (``CLIPPairedImageDataset``)."""
+"""Paired hazy / clear dataset (``CLIPPairedImageDataset``): images plus what a conditioner needs to know of them."""
 import os
 import os.path as osp
 import urllib.parse
@@ -10,24 +10,25 @@ from basicsr.utils import FileClient
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
-from mixcl_arch.clip.cliphaze_cond import CLIPHazeCondConfig, crop_density, density_mismatches
-from mixcl_arch.clip.conditioning import COND_MODES, PRIMARY_SET, parse_extra
-from mixcl_arch.clip.store import FeatureStore, image_key
-from mixcl_arch.utils.lmdb_tools import lmdb_env, read_meta_info
+from mixcl_arch.clip.store import FeatureStore
+from mixcl_arch.conditioning.config import check_moved_keys
+from mixcl_arch.data.lmdb_tools import lmdb_env, read_meta_info
+from mixcl_arch.utils.image_io import decode_image, image_key, image_size, scan_images, tail_ok
 
-from .clip_data_util import (GTNameMapper, augment_pair, decode_image, first, image_size, index_unique,
-                             random_crop_pair, read_pair_csv, scan_images, standin_text_feature, strip_ext, tail_ok)
-
-COND_SOURCES = ('store', 'oracle', 'none')
+from .clip_data_util import GTNameMapper, augment_pair, first, index_unique, random_crop_pair, read_pair_csv
 
 
 @DATASET_REGISTRY.register()
 class CLIPPairedImageDataset(data.Dataset):
-    """Hazy (lq) / clear (gt) pairs with their CLIP conditioning, after ``basicsr/data/paired_image_dataset.py``.
+    """Hazy (lq) / clear (gt) pairs, after ``basicsr/data/paired_image_dataset.py``; serves data only.
 
     Everything that can be checked is checked at construction (missing GT, size mismatches, unreadable or truncated
-    images, images missing from the feature store, a store made with other CLIP options), with errors naming the
-    files, or the counts and the first few names.
+    images, empty domain labels, images missing from the feature store), with errors naming the files, or the counts
+    and the first few names. The dataset takes no conditioning options: the run's top-level ``conditioning:``,
+    ``clip:`` and ``cliphaze_cond:`` sections configure the one conditioner of the model
+    (:mod:`mixcl_arch.conditioning`, docs/clip.md), which reads the records below. An old conditioning key here
+    (``cond_source``, ``cond_mode``, ``cond_extra``, ``cond_dim``, ``cond_density``, ``cond_embedding``,
+    ``cliphaze_cond``, ``clip``, ``oracle_domains``) raises an OptionError naming its new place.
 
     Pair sources (first match wins):
 
@@ -37,12 +38,17 @@ class CLIPPairedImageDataset(data.Dataset):
     * otherwise every image under ``dataroot_lq`` (disk: recursive scan; LMDB: its ``meta_info.txt``), its GT found
       by ``gt_name_rule`` / ``gt_name_regex`` by stem (the GT extension may differ).
 
-    Batch keys: 'lq', 'gt' (3, H, W) float32 RGB in [0, 1], 'lq_path', 'gt_path' and, when ``cond_source`` is not
-    'none': 'text' (E,) primary vector, 'domain_prob' (D,), 'cond' (K, E) (primary vector then ``cond_extra``);
-    with ``cond_density``: 'density' (1, h, w) float32 in [0, 1], the store's low-resolution haze-density map cut to
-    the image crop and flipped / rotated with it (sample j centred on crop pixel (j + 0.5) * s - 0.5, s the store
-    scale, see :func:`mixcl_arch.clip.cliphaze_cond.crop_density`); with ``cond_embedding``: 'embedding' (E,), the
-    store's image embedding (CLIPHaze's conditioning inputs).
+    Item keys (the same keys and types for every item of a dataset, so that the default collate works):
+
+    * 'lq', 'gt' (3, H, W) float32 RGB in [0, 1]; 'lq_path', 'gt_path' (str). No 'gt' / 'gt_path' without
+      ``dataroot_gt``.
+    * 'key' (str): the image's feature-store key (path relative to ``dataroot_lq`` without extension).
+    * 'crop' (7,) int64: top, left, height, width, hflip, vflip, k: the crop in original lq pixels (train
+      ``gt_size`` random crop, test ``center_crop``, else the full image 0, 0, H, W), then the horizontal flip,
+      the vertical flip and ``np.rot90(img, k, (0, 1))``, applied in that order. Stored maps follow the image with
+      :func:`mixcl_arch.conditioning.kinds.apply_crop`.
+    * 'feature_store' (str): ``feature_store``, only when set.
+    * 'domain' (str): the image's label in the ``meta_file`` column ``domain_column``, only when it has that column.
 
     Args:
         opt (dict): Options:
@@ -51,12 +57,17 @@ class CLIPPairedImageDataset(data.Dataset):
             - dataroot_gt (str | None): clear folder / ``.lmdb``. Required for phase 'train'; without it items have
               no 'gt' / 'gt_path'.
             - io_backend (dict): ``{type: disk}`` (default, BasicSR FileClient) or ``{type: lmdb}`` (opened and
-              checked at construction by ``mixcl_arch.utils.lmdb_tools.lmdb_env``: one read-only environment per
+              checked at construction by ``mixcl_arch.data.lmdb_tools.lmdb_env``: one read-only environment per
               database and process, shared by all datasets and forked workers).
             - phase (str): 'train' (random crops + augmentation) or anything else (test: full image or centre crop).
               BasicSR sets it from the datasets key.
-            - meta_file (str | None): Pair CSV (see above); needed by ``cond_source: oracle``.
+            - meta_file (str | None): Pair CSV (see above); its domain column gives the items' 'domain' (what
+              ``conditioning.source: oracle`` reads).
+            - domain_column (str, default 'domain'): CSV column of the domain labels. When the CSV has it, every
+              listed pair needs a non-empty label; a column set here must exist.
             - meta_info_file (str | None): BasicSR meta info list.
+            - feature_store (str | None): Feature store of these images (scripts/extract_clip_features.py): data,
+              like ``dataroot_lq``. Loaded at construction to check that every image has a row; items name it.
             - gt_name_rule (str): 'identity' (default, DehazeFormer layout), 'reside_its', 'reside_ots', 'reside',
               'haze_pairs' (scripts/make_haze_pairs.py names ``<stem>_<k>_<A>_<beta>``) or 'first_underscore'
               (stem up to the first underscore: ``1_1_0.90179.png`` -> ``1.*``,
@@ -73,31 +84,12 @@ class CLIPPairedImageDataset(data.Dataset):
             - check_images (bool | str, default True): True: read every header (sizes) and check PNG / JPEG end
               markers; 'full': also decode every image once (threads); False: no image checks.
             - check_workers (int, default 4): threads for ``check_images: full``.
-            - cond_source (str): 'store' (default when feature_store is set), 'oracle' (domain label from
-              meta_file's domain column) or 'none' (default otherwise).
-            - cond_mode (str): 'hard' (default, the reference) or 'soft'.
-            - cond_extra (list[str]): extra vectors after the primary one: 'image', '<prompt set>',
-              '<set>:hard|soft', 'domain:soft' (see mixcl_arch.clip.conditioning). Needs a feature store.
-            - feature_store (str | None): Store written by scripts/extract_clip_features.py.
-            - clip (dict | None): CLIP options the store must have been made with (model, pretrained, domains,
-              templates, prompt_sets, model_cfg); keys left out are not checked.
-            - cond_dim (int, default 512): width of a conditioning vector (checked against the store).
-            - domain_column (str, default 'domain'): CSV column of the oracle label.
-            - oracle_domains (list[str] | None): Oracle class order (default: the store's domains, else
-              clip.domains, else indoor/outdoor when the labels fit, else the sorted labels).
-            - Oracle without a store: the vector of a domain is ``standin_text_feature(domain)``, a fixed unit vector
-              seeded by crc32(domain name) (deterministic, NOT a CLIP feature).
-            - cond_density (bool, default False): add 'density' from the feature store's 'density' maps
-              (``scripts/extract_clip_features.py --density``). A train crop (``gt_size``) must be a multiple of the
-              store scale; a crop offset that is not is served by linear interpolation between stored blocks.
-            - cond_embedding (bool, default False): add 'embedding' (the store's image embedding).
-            - cliphaze_cond (dict | None): the options the maps were made with
-              (:class:`~mixcl_arch.clip.cliphaze_cond.CLIPHazeCondConfig`), checked against the store; None: not
-              checked.
     """
 
     def __init__(self, opt):
         super().__init__()
+        # conditioning options live in the run's top-level sections now (mixcl_arch.conditioning.config)
+        check_moved_keys({'datasets': {opt.get('phase', 'train'): opt}})
         self.opt = opt
         self.io_backend_opt = dict(opt.get('io_backend') or {'type': 'disk'})
         self.backend = self.io_backend_opt.get('type', 'disk')
@@ -119,20 +111,12 @@ class CLIPPairedImageDataset(data.Dataset):
         self.center_crop = opt.get('center_crop')
         self.edge_decay = float(opt.get('edge_decay', 0) or 0)
         self.crop_gt_to_lq = bool(opt.get('crop_gt_to_lq', False))
-        self.cond_mode = opt.get('cond_mode') or 'hard'
-        if self.cond_mode not in COND_MODES:
-            raise ValueError(f'cond_mode must be one of {COND_MODES}, got {self.cond_mode!r}.')
-        self.cond_extra = list(opt.get('cond_extra') or [])
-        self.cond_source = opt.get('cond_source') or ('store' if opt.get('feature_store') else 'none')
-        if self.cond_source not in COND_SOURCES:
-            raise ValueError(f'cond_source must be one of {COND_SOURCES}, got {self.cond_source!r}.')
-        self.cond_dim = int(opt.get('cond_dim', 512))
-        self.cond_density = bool(opt.get('cond_density', False))
-        self.cond_embedding = bool(opt.get('cond_embedding', False))
+        self.feature_store = opt.get('feature_store')
 
         self._build_pairs()
         self._check_sizes()
-        self._setup_condition()
+        if self.feature_store:
+            self._check_store()
 
     # ------------------------------------------------------------------------------------------------- pairs
     def _lmdb_keys(self, folder):
@@ -140,14 +124,12 @@ class CLIPPairedImageDataset(data.Dataset):
             raise FileNotFoundError(f'{folder}: not a BasicSR LMDB (no meta_info.txt).')
         lmdb_env(folder)  # a zero-byte or truncated data.mdb fails here, not with SIGBUS at the first read
         # BasicSR's own writer lists 'key.png' while the stored key has no extension
-        return {strip_ext(key): (shape[0], shape[1]) for key, shape, _ in read_meta_info(folder)}
+        return {image_key(key): (shape[0], shape[1]) for key, shape, _ in read_meta_info(folder)}
 
     @staticmethod
     def _csv_lmdb_key(rel):
         """LMDB key of a CSV path: scripts/create_lmdb.py's rule (percent-encoded when the name is non-ASCII)."""
-        from mixcl_arch.utils.lmdb_tools import path_to_key
-        rel = rel.replace(os.sep, '/')
-        return path_to_key(rel, non_ascii='quote') if not rel.isascii() else strip_ext(rel)
+        return image_key(rel, non_ascii='quote')
 
     def _build_pairs(self):
         opt = self.opt
@@ -161,17 +143,25 @@ class CLIPPairedImageDataset(data.Dataset):
             gt_index = {k: k for k in self.gt_shapes}
         else:
             self.lq_shapes, self.gt_shapes = {}, {}
-            lq_files = scan_images(self.lq_folder) if not opt.get('meta_file') else None
+            lq_files = scan_images(self.lq_folder, followlinks=True) if not opt.get('meta_file') else None
             lq_index = None if lq_files is None else index_unique([(image_key(r), r) for r in lq_files],
                                                                   self.lq_folder)
             gt_index = {}
             if self.gt_folder:
-                gt_index = index_unique([(image_key(r), r) for r in scan_images(self.gt_folder)], self.gt_folder)
-        self.domain_labels = None
+                gt_index = index_unique([(image_key(r), r) for r in scan_images(self.gt_folder, followlinks=True)],
+                                        self.gt_folder)
+        self.domains = None
         pairs, missing = [], []
         if opt.get('meta_file'):
-            rows = read_pair_csv(opt['meta_file'], need_domain=self.cond_source_wants_oracle(),
-                                 domain_column=opt.get('domain_column', 'domain'))
+            domain_column = opt.get('domain_column') or 'domain'
+            # a column named in the options must be there; the default one is optional
+            rows = read_pair_csv(opt['meta_file'], need_domain=bool(opt.get('domain_column')),
+                                 domain_column=domain_column)
+            has_domain = domain_column in rows[0]
+            if has_domain:
+                empty = [i + 2 for i, row in enumerate(rows) if not (row[domain_column] or '').strip()]
+                if empty:
+                    raise ValueError(f"{opt['meta_file']}: empty {domain_column!r} label on line(s) {first(empty)}.")
             labels = []
             for row in rows:
                 lq_name, gt_name = (self._csv_lmdb_key(row[k]) if lmdb else row[k].replace(os.sep, '/')
@@ -183,11 +173,11 @@ class CLIPPairedImageDataset(data.Dataset):
                     missing.append(f"{row['hazy']}->{row['gt']} ({'hazy' if not lq_ok else 'GT'} missing)")
                     continue
                 pairs.append((lq_name, gt_name if self.gt_folder else None))
-                labels.append(row.get(opt.get('domain_column', 'domain')))
+                labels.append(row[domain_column].strip() if has_domain else None)
             if missing:
                 raise ValueError(f"{opt['meta_file']}: {len(missing)} listed pair(s) not found under "
                                  f'{self.lq_folder} / {self.gt_folder}: {first(missing)}')
-            self.domain_labels = labels
+            self.domains = labels if has_domain else None
         else:
             if opt.get('meta_info_file'):
                 if not osp.isfile(opt['meta_info_file']):
@@ -221,9 +211,6 @@ class CLIPPairedImageDataset(data.Dataset):
         self.pairs = pairs
         # store keys are file names (LMDB keys of non-ASCII names are percent-encoded: decode them)
         self.keys = [urllib.parse.unquote(lq) if lmdb else image_key(lq) for lq, _ in pairs]
-
-    def cond_source_wants_oracle(self):
-        return self.cond_source == 'oracle'
 
     def _path(self, folder, name):
         return name if self.backend == 'lmdb' else osp.join(folder, name)
@@ -288,113 +275,14 @@ class CLIPPairedImageDataset(data.Dataset):
         if bad:
             raise ValueError(f'{len(bad)} image(s) cannot be decoded: {first(bad)}')
 
-    # ---------------------------------------------------------------------------------------------- conditioning
-    def _setup_condition(self):
-        opt = self.opt
-        self.store = None
-        self.rows = None
-        self.oracle_idx = None
-        store_path = opt.get('feature_store')
-        if self.cond_density or self.cond_embedding:
-            self._setup_cliphaze(store_path)
-        if self.cond_source == 'none':
-            return
-        if self.cond_source == 'store' and not store_path:
-            raise ValueError('cond_source: store needs feature_store (write it with scripts/extract_clip_features.py).')
-        if self.cond_extra and not store_path:
-            raise ValueError(f'cond_extra {self.cond_extra} needs a feature_store (image embeddings / prompt sets).')
-        if store_path:
-            self._open_store(store_path)
-            self.extra = parse_extra(self.cond_extra, self.cond_mode, set_names=self.store.prompt_set_names)
-        else:
-            self.extra = []
-        if self.cond_source == 'oracle':
-            self._setup_oracle()
-
-    def _open_store(self, store_path):
-        """Load and check the feature store once; its rows for this dataset's images."""
-        if self.store is not None:
-            return
-        self.store = FeatureStore.load(store_path)
-        self.store.check(self.opt.get('clip'), embed_dim=self.cond_dim, path=store_path)
-        absent = [k for k in self.keys if k not in self.store]
+    def _check_store(self):
+        """Every image has a row in the feature store (its provenance and kinds are checked by the conditioner)."""
+        store = FeatureStore.load(self.feature_store)
+        absent = [k for k in self.keys if k not in store]
         if absent:
             raise ValueError(f'{len(absent)} of {len(self.keys)} image(s) are missing from the feature store '
-                             f'{store_path}: {first(absent)}. Re-run scripts/extract_clip_features.py on '
+                             f'{self.feature_store}: {first(absent)}. Re-run scripts/extract_clip_features.py on '
                              f'{self.lq_folder} (it skips images already done).')
-        self.rows = self.store.rows(self.keys)
-
-    def _setup_cliphaze(self, store_path):
-        """CLIPHaze's inputs (cond_density, cond_embedding) come from the store; check its density provenance."""
-        if not store_path:
-            raise ValueError('cond_density / cond_embedding need a feature_store (scripts/extract_clip_features.py '
-                             '--density).')
-        self._open_store(store_path)
-        if not self.cond_density:
-            return
-        meta = self.store.spatial_meta.get('density')
-        if meta is None:
-            raise ValueError(f'cond_density: the feature store {store_path} has no density maps; re-run '
-                             'scripts/extract_clip_features.py with --density.')
-        if self.opt.get('cliphaze_cond') is not None:
-            diffs = density_mismatches(meta, CLIPHazeCondConfig.from_opt(self.opt['cliphaze_cond']))
-            if diffs:
-                raise ValueError(f'Density maps of the feature store {store_path} do not match cliphaze_cond: '
-                                 + '; '.join(diffs) + '. Re-run scripts/extract_clip_features.py --density '
-                                 '--overwrite with these options.')
-        self.density_scale = int(meta['store_scale'])
-        if self.train and self.gt_size and int(self.gt_size) % self.density_scale:
-            raise ValueError(f'cond_density: gt_size {self.gt_size} must be a multiple of the density store scale '
-                             f'{self.density_scale}, so that the map covers the crop exactly (flips, rotations).')
-
-    def _setup_oracle(self):
-        opt = self.opt
-        if self.domain_labels is None:
-            raise ValueError('cond_source: oracle needs meta_file, a pair CSV with a '
-                             f"{opt.get('domain_column', 'domain')!r} column (scripts/make_haze_pairs.py).")
-        labels = [str(v) for v in self.domain_labels]
-        if opt.get('oracle_domains'):
-            domains = [str(d) for d in opt['oracle_domains']]
-        elif self.store is not None:
-            domains = self.store.domains
-        elif (opt.get('clip') or {}).get('domains'):
-            domains = [str(d) for d in opt['clip']['domains']]
-        elif set(labels) <= {'indoor', 'outdoor'}:
-            domains = ['indoor', 'outdoor']
-        else:
-            domains = sorted(set(labels))
-        unknown = sorted(set(labels) - set(domains))
-        if unknown:
-            raise ValueError(f"{opt['meta_file']}: domain label(s) {unknown} not among the domains {domains}.")
-        self.oracle_domains = domains
-        self.oracle_idx = torch.tensor([domains.index(v) for v in labels], dtype=torch.long)
-        if self.store is not None:
-            self.oracle_text = self.store.domain_text
-        else:
-            self.oracle_text = torch.stack([standin_text_feature(d, self.cond_dim) for d in domains])
-
-    def condition(self, index):
-        """Conditioning of item ``index``: dict with 'text' (E,), 'domain_prob' (D,), 'cond' (K, E), or {}."""
-        if self.cond_source == 'none':
-            return {}
-        out = None
-        if self.store is not None:
-            out = self.store.get_rows(self.rows[index:index + 1])
-        if self.cond_source == 'oracle':
-            d = int(self.oracle_idx[index])
-            probs = torch.zeros(1, len(self.oracle_domains))
-            probs[0, d] = 1.0
-            text = self.oracle_text[d:d + 1]
-            out = dict(out or {}, probs=probs, text_hard=text, text_soft=text)
-        primary = out[f'text_{self.cond_mode}']
-        vecs = [primary]
-        for kind, name, mode in self.extra:
-            if kind == 'image':
-                vecs.append(out['image_emb'])
-            else:
-                vecs.append(out[f'text_{mode}'] if name == PRIMARY_SET else out[f'{name}_text_{mode}'])
-        cond = torch.cat(vecs, dim=0).float()
-        return {'text': primary[0].float().clone(), 'domain_prob': out['probs'][0].float().clone(), 'cond': cond}
 
     # --------------------------------------------------------------------------------------------------- items
     def _read_bytes(self, folder, name, client_key):
@@ -424,34 +312,32 @@ class CLIPPairedImageDataset(data.Dataset):
                 raise ValueError(f'Size mismatch: {lq_name} {w}x{h} vs {gt_name} {wg}x{hg}.')
             y, x = (hg - h) // 2, (wg - w) // 2
             img_gt = img_gt[y:y + h, x:x + w]
-        # the stored low-resolution density map follows the image crop and augmentation, as (h, w, 1)
-        dens = self.store.get_spatial('density', self.rows[index]) if self.cond_density else None
+        # crop record in original lq pixels: what was cut, then the flips and quarter turns (in that order)
+        h, w = img_lq.shape[:2]
+        top, left, height, width = 0, 0, h, w
+        flips = (False, False, 0)
         if self.train:
             if self.gt_size:
-                s = int(self.gt_size)
-                img_lq, img_gt, (y, x) = random_crop_pair(img_lq, img_gt, s, self.edge_decay, return_offsets=True)
-                dens = None if dens is None else crop_density(dens, y, x, s, s, self.density_scale)
-            dens = None if dens is None else dens.permute(1, 2, 0).numpy()
-            img_lq, img_gt, dens = augment_pair([img_lq, img_gt, dens], self.opt.get('use_hflip', True),
-                                                self.opt.get('use_vflip', False), self.opt.get('use_rot', False))
+                height = width = int(self.gt_size)
+                img_lq, img_gt, (top, left) = random_crop_pair(img_lq, img_gt, height, self.edge_decay)
+            (img_lq, img_gt), flips = augment_pair([img_lq, img_gt], self.opt.get('use_hflip', True),
+                                                   self.opt.get('use_vflip', False), self.opt.get('use_rot', False))
         elif self.center_crop:
-            s = int(self.center_crop)
-            h, w = img_lq.shape[:2]
-            if h < s or w < s:
-                raise ValueError(f'{lq_name} ({w}x{h}) is smaller than center_crop={s}.')
-            y, x = (h - s) // 2, (w - s) // 2
-            img_lq = img_lq[y:y + s, x:x + s]
-            img_gt = None if img_gt is None else img_gt[y:y + s, x:x + s]
-            dens = None if dens is None else crop_density(dens, y, x, s, s, self.density_scale)
-        item = {'lq': _to_tensor(img_lq), 'lq_path': self._path(self.lq_folder, lq_name)}
+            height = width = int(self.center_crop)
+            if h < height or w < width:
+                raise ValueError(f'{lq_name} ({w}x{h}) is smaller than center_crop={height}.')
+            top, left = (h - height) // 2, (w - width) // 2
+            img_lq = img_lq[top:top + height, left:left + width]
+            img_gt = None if img_gt is None else img_gt[top:top + height, left:left + width]
+        item = {'lq': _to_tensor(img_lq), 'lq_path': self._path(self.lq_folder, lq_name), 'key': self.keys[index],
+                'crop': torch.tensor([top, left, height, width, *flips], dtype=torch.long)}
         if img_gt is not None:
             item['gt'] = _to_tensor(img_gt)
             item['gt_path'] = self._path(self.gt_folder, gt_name)
-        item.update(self.condition(index))
-        if dens is not None:
-            item['density'] = dens if torch.is_tensor(dens) else _to_tensor(dens)
-        if self.cond_embedding:
-            item['embedding'] = self.store.get_rows(self.rows[index:index + 1])['image_emb'][0].float().clone()
+        if self.feature_store:
+            item['feature_store'] = str(self.feature_store)
+        if self.domains is not None:
+            item['domain'] = self.domains[index]
         return item
 
     def __len__(self):

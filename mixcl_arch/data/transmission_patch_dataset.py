@@ -9,19 +9,8 @@ from basicsr.utils import FileClient, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data as data
 
-from mixcl_arch.utils.lmdb_tools import lmdb_env, read_meta_info
-
-from .clip_data_util import decode_image, image_size, strip_ext, tail_ok
-
-IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-
-
-def _list_images(folder):
-    names = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-        names += [osp.relpath(osp.join(root, f), folder) for f in files if f.lower().endswith(IMG_EXTENSIONS)]
-    return sorted(names)
+from mixcl_arch.data.lmdb_tools import lmdb_env, read_meta_info
+from mixcl_arch.utils.image_io import IMG_EXTENSIONS, decode_image, image_key, image_size, scan_images, tail_ok
 
 
 def _lmdb_keys(folder):
@@ -32,7 +21,7 @@ def _lmdb_keys(folder):
     lmdb_env(folder)  # a zero-byte or truncated data.mdb fails here, not with SIGBUS at the first read
     with open(meta, encoding='utf-8') as f:
         # BasicSR's own writer lists 'key.png' while the stored key has no extension
-        return [strip_ext(line.split(' ')[0]) for line in f if line.strip()]
+        return [image_key(line.split(' ')[0]) for line in f if line.strip()]
 
 
 @DATASET_REGISTRY.register()
@@ -93,7 +82,7 @@ class TransmissionPatchDataset(data.Dataset):
         if backend == 'lmdb':
             names = _lmdb_keys(self.gt_folder)
         elif backend == 'disk':
-            names = _list_images(self.gt_folder)
+            names = scan_images(self.gt_folder, allow_empty=True)
         else:
             raise ValueError(f"TransmissionPatchDataset: io_backend type must be 'disk' or 'lmdb', got {backend!r}.")
         meta = opt.get('meta_info_file')
@@ -122,7 +111,7 @@ class TransmissionPatchDataset(data.Dataset):
         """Every image readable (header, PNG/JPEG end marker) and at least ``patch_size`` on both sides."""
         bad, small = [], []
         if backend == 'lmdb':
-            shapes = {strip_ext(k): shape for k, shape, _ in read_meta_info(self.gt_folder)}
+            shapes = {image_key(k): shape for k, shape, _ in read_meta_info(self.gt_folder)}
             sizes = [(p, shapes.get(p, (None, None))[:2]) for p in self.paths]
         else:
             sizes = [(p, image_size(p) if tail_ok(p) else None) for p in self.paths]
@@ -153,8 +142,9 @@ class TransmissionPatchDataset(data.Dataset):
     def _load(self, idx):
         """The idx-th clean image as float32 RGB (H, W, 3) in [0, 1] (cached when ``cache_images``).
 
-        Decoded by the datasets' checked decoder (:func:`~mixcl_arch.data.clip_data_util.decode_image`): an image
-        whose header declares more than ``MIXCL_MAX_PIXELS`` (200 MP) pixels is refused before OpenCV allocates.
+        Decoded by the project's decoder (:func:`~mixcl_arch.utils.image_io.decode_image`, EXIF orientation applied):
+        an image whose header declares more than ``MIXCL_MAX_PIXELS`` (200 MP) pixels is refused before OpenCV
+        allocates.
         """
         if self.cache is not None and idx in self.cache:
             return self.cache[idx]

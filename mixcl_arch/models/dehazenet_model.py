@@ -1,7 +1,7 @@
 """``DehazeNetModel``: trains a transmission estimator (DehazeNet) and validates the recovered clear image.
 
-A small override of :class:`mixcl_arch.models.mixcl_dehaze_model.MixCLDehazeModel` (itself BasicSR's SRModel with
-atomic checkpoints, float-input metrics, EMA and AMP):
+A small override of :class:`mixcl_arch.models.dehaze_model.DehazeModel` (BasicSR's SRModel with atomic checkpoints,
+float-input metrics, EMA and AMP; no conditioning):
 
 - training batches come from :class:`mixcl_arch.data.transmission_patch_dataset.TransmissionPatchDataset`: 'lq' the
   hazy patch, 'gt' the (B, 1, P, P) transmission map; the loss is ``train.pixel_opt`` (BasicSR ``MSELoss``) between
@@ -21,11 +21,11 @@ import torch
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from mixcl_arch.baselines.dehazenet import DehazeNetRecoveryParams, dehazenet_dehaze, predict_transmission
-from mixcl_arch.models.mixcl_dehaze_model import MixCLDehazeModel
+from mixcl_arch.models.dehaze_model import DehazeModel
 
 
 @MODEL_REGISTRY.register()
-class DehazeNetModel(MixCLDehazeModel):
+class DehazeNetModel(DehazeModel):
     """Transmission regression (MSE) with dehazing validation; see the module docstring.
 
     Raises:
@@ -63,7 +63,6 @@ class DehazeNetModel(MixCLDehazeModel):
     def feed_data(self, data):
         """'lq' (B, 3, H, W); 'gt' either a transmission target (B, 1, P, P) or a clear image (B, 3, H, W)."""
         self.lq = data['lq'].to(self.device)
-        self.cond = None
         gt = data.get('gt')
         if gt is None:
             if hasattr(self, 'gt'):

@@ -22,13 +22,11 @@ that ``mixcl_arch/train.py`` and ``mixcl_arch/test.py`` go through. Each fix say
    ``yaml.load(f, Loader=ordered_yaml()[0])``, an *unsafe* loader: a ``!!python/object/apply`` tag runs code.
    ``ordered_yaml`` is replaced by :func:`mixcl_arch.utils.options.ordered_yaml` (safe, same OrderedDict / ``!!float``
    behaviour), and the parsed options then pass, before any data loading or model building:
-   :func:`mixcl_arch.utils.options.check_options` (typed, ranged keys; errors name the file and key);
-   :func:`propagate_clip_options` (BasicSR hands each dataset only its own options, so the top-level ``clip:``
-   would never reach the dataset's feature-store provenance check); :func:`lock_run_folder` on
-   ``experiments/<name>`` (training) or ``results/<name>`` (test), taken *before* BasicSR's ``mkdir_and_rename``
-   archives an existing folder, so a second run with the same name fails instead of archiving a folder in use;
-   and, for training, :func:`mixcl_arch.utils.file_io.remove_stale_temp_files` in ``models/`` and
-   ``training_states/`` (leftovers of a save interrupted by a kill).
+   :func:`mixcl_arch.utils.options.check_options` (typed, ranged keys and the conditioning sections; errors name the
+   file and key); :func:`lock_run_folder` on ``experiments/<name>`` (training) or ``results/<name>`` (test), taken
+   *before* BasicSR's ``mkdir_and_rename`` archives an existing folder, so a second run with the same name fails
+   instead of archiving a folder in use; and, for training, :func:`mixcl_arch.utils.file_io.remove_stale_temp_files`
+   in ``models/`` and ``training_states/`` (leftovers of a save interrupted by a kill).
 7. Schedulers on resume (:func:`fix_scheduler_resume`): ``load_state_dict`` restored the saved ``periods``, so a run
    resumed with a longer ``total_iter`` crashed in ``CosineAnnealingRestartLR``; the option file's schedule now
    applies, and cosine ``periods`` that end before ``total_iter`` are an option error at start.
@@ -200,19 +198,6 @@ def model_to_device(self, net):
     return net
 
 
-def propagate_clip_options(opt):
-    """Copy the top-level ``clip:`` prior options into every dataset that has none (fix 6); returns ``opt``."""
-    from mixcl_arch.clip import COND_OPTION_KEYS
-    clip_opt = opt.get('clip')
-    if not isinstance(clip_opt, dict):
-        return opt
-    prior_opt = {k: v for k, v in clip_opt.items() if k not in COND_OPTION_KEYS and v is not None}
-    for ds in (opt.get('datasets') or {}).values():
-        if isinstance(ds, dict) and ds.get('clip') is None:
-            ds['clip'] = dict(prior_opt)
-    return opt
-
-
 def lock_run_folder(folder):
     """Lock the run folder ``folder`` (``experiments/<name>``, ``results/<name>``) for this process (fix 6).
 
@@ -247,7 +232,7 @@ def release_run_locks():
 
 
 def _checked_parse_options(parse_options):
-    """Wrap BasicSR's ``parse_options``: check, propagate ``clip:``, lock the run folder, clean leftovers (fix 6)."""
+    """Wrap BasicSR's ``parse_options``: check, lock the run folder, clean leftovers (fix 6)."""
 
     def wrapped(root_path, is_train=True):
         opt, args = parse_options(root_path, is_train=is_train)
@@ -255,7 +240,6 @@ def _checked_parse_options(parse_options):
             check_options(opt)
         except OptionError as err:
             raise OptionError(f'{args.opt}: {err}') from None
-        propagate_clip_options(opt)
         if opt['rank'] == 0:
             lock_run_folder(opt['path']['experiments_root' if is_train else 'results_root'])
             for key in ('models', 'training_states') if is_train else ():

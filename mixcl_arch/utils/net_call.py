@@ -1,7 +1,25 @@
-"""How training, validation, the CLI and the benchmarks call a dehazing net: its data range and its conditioning.
+"""How training, validation, the CLI and the benchmarks call a dehazing net: its data range, its conditioning and
+its autocast dtype.
 
-One home for both, so that the training model and the inference restorers feed a net the same way.
+One home for these, so that the training model and the inference restorers feed a net the same way.
 """
+import torch
+
+# autocast dtype of an ``amp`` option value (``train.amp``, the restorers' ``amp``); None or 'none': no autocast
+AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def amp_dtype(amp, key='amp'):
+    """The autocast dtype of the option value ``amp`` (None for None / 'none').
+
+    Raises:
+        ValueError: Naming ``key`` and the allowed values.
+    """
+    if amp in (None, 'none'):
+        return None
+    if amp not in AMP_DTYPES:
+        raise ValueError(f'{key} must be one of {", ".join(AMP_DTYPES)} or ~ (null), got {amp!r}.')
+    return AMP_DTYPES[amp]
 
 
 def run_net(net, x, cond=None, data_range='unit'):

@@ -14,8 +14,10 @@ Checking (:func:`check_options`): BasicSR's parsed option dict goes into frozen 
 its sections) that check every typed key they know at construction; unknown keys pass (BasicSR and its plugins read
 many). Errors are :class:`OptionError` naming the key path, the value and the allowed range, e.g.
 ``train.optim_g.lr: expected a number > 0, got 'abc' (str)``. Integer keys accept integral floats (``!!float 5e3``,
-as BasicSR's own YAMLs write ``val_freq``), never booleans or strings. The code after the check keeps using
-BasicSR's dict (BasicSR needs it); the check is the boundary.
+as BasicSR's own YAMLs write ``val_freq``), never booleans or strings. The ``conditioning:`` / ``clip:`` /
+``cliphaze_cond:`` sections go through :meth:`mixcl_arch.conditioning.config.ConditioningConfig.from_options`, so a
+bad or old-style conditioning key fails here too. The code after the check keeps using BasicSR's dict (BasicSR needs
+it); the check is the boundary.
 """
 import dataclasses
 import functools
@@ -450,6 +452,11 @@ def check_options(opt):
         RunOptions: The checked, frozen view (``opt`` itself is left unchanged for BasicSR).
 
     Raises:
-        OptionError: Naming the first bad key, its value and the allowed range.
+        OptionError: Naming the first bad key, its value and the allowed range, or an old-style conditioning key and
+            its new place.
     """
-    return RunOptions.from_dict('', opt)
+    # lazy: the conditioning config builds on this module's checks (OptionError, check_choice, ...)
+    from mixcl_arch.conditioning.config import ConditioningConfig
+    run = RunOptions.from_dict('', opt)
+    ConditioningConfig.from_options(opt)
+    return run

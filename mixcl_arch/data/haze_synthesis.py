@@ -1,4 +1,4 @@
-"""Haze synthesis with the atmospheric scattering model and depth I/O (atomic writes re-exported from file_io).
+"""Haze synthesis with the atmospheric scattering model, depth I/O, and the names of synthesised hazy images.
 
 The physics (Koschmieder / McCartney model as used by RESIDE):
 
@@ -17,6 +17,9 @@ Depth conventions used across the project (see docs/datasets.md):
 The haze model sees ``d = depth_scale * depth / max(depth)`` by default (``depth_norm='max'``): the depth map keeps
 its real ratios but its far end is mapped to ``depth_scale`` so that the RESIDE beta ranges give comparable haze for
 images of any size and unit. ``depth_norm='none'`` uses the (metric) depth as it is, times ``depth_scale``.
+
+Hazy images made from a clear image ``<stem>`` are named ``<stem>_<version>_<A>_<beta>`` (:func:`haze_name`);
+:data:`HAZE_NAME_REGEX` parses such a name back to the clear stem (the dataset's ``gt_name_rule: haze_pairs``).
 """
 import os.path as osp
 import re
@@ -25,16 +28,17 @@ import zlib
 import cv2
 import numpy as np
 
-from mixcl_arch.utils.file_io import atomic_imwrite, atomic_write_bytes, atomic_write_text  # noqa: F401
-from mixcl_arch.utils.image_io import read_image
+from mixcl_arch.utils.file_io import atomic_write_bytes
+from mixcl_arch.utils.image_io import decode_raw
 
 __all__ = [
-    'DOMAIN_PRESETS', 'IMG_EXTENSIONS', 'atomic_write_bytes', 'atomic_write_text', 'atomic_imwrite', 'imread_rgb',
-    'transmission', 'synthesize_haze', 'disparity_to_depth', 'fill_invalid_depth', 'read_pfm', 'write_pfm',
-    'load_depth_file', 'pseudo_depth', 'haze_depth', 'sample_haze_params', 'image_rng'
+    'DOMAIN_PRESETS', 'HAZE_NAME_REGEX', 'haze_name', 'clear_stem', 'transmission', 'synthesize_haze',
+    'disparity_to_depth', 'fill_invalid_depth', 'read_pfm', 'write_pfm', 'load_depth_file', 'pseudo_depth',
+    'haze_depth', 'sample_haze_params', 'image_rng'
 ]
 
-IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+# <clear stem>_<version>_<A>_<beta> as written by haze_name; the clear stem may itself contain underscores
+HAZE_NAME_REGEX = r'^(.*)_\d+_\d+\.\d+_\d+\.\d+$'
 
 # Per-domain sampling ranges. beta/A follow RESIDE (Li et al., "Benchmarking Single-Image Dehazing and Beyond",
 # TIP 2019): ITS (indoor) beta in [0.6, 1.8], A in [0.7, 1.0]; OTS (outdoor) beta in [0.04, 0.2], A in [0.8, 1.0].
@@ -54,25 +58,19 @@ DOMAIN_PRESETS = {
 }
 
 
-def imread_rgb(path, max_pixels=None):
-    """Read an image file as float32 RGB in [0, 1] through the project's checked reader
-    (:func:`mixcl_arch.utils.image_io.read_image`): the pixel count is checked from the header before decoding, so a
-    decompression bomb is refused instead of making OpenCV allocate gigabytes.
+def haze_name(stem, version, A, beta):
+    """Name (without extension) of hazy version ``version`` of the clear image ``stem``, made with ``A`` and ``beta``.
 
-    Args:
-        path (str): Image file (PNG, JPEG, WebP, BMP, TIFF, PPM/PGM; 8 or 16 bit or float; gray, RGB or with alpha,
-            which is dropped; JPEGs with their EXIF orientation applied).
-        max_pixels (int | None): Largest accepted width x height; None means
-            :data:`mixcl_arch.utils.image_io.DEFAULT_MAX_PIXELS` (200 MP or ``MIXCL_MAX_PIXELS``).
-
-    Returns:
-        np.ndarray: (H, W, 3) float32 RGB in [0, 1].
-
-    Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: The file is too large, or cannot be decoded as an image.
+    Example: ``haze_name('sub/0001', 2, 0.9, 0.08)`` -> ``'sub/0001_2_0.90_0.080'``.
     """
-    return read_image(path, max_pixels)[0]
+    return f'{stem}_{int(version)}_{A:.2f}_{beta:.3f}'
+
+
+def clear_stem(hazy_stem):
+    """The clear image's stem of a :func:`haze_name` name (``'sub/0001_2_0.90_0.080'`` -> ``'sub/0001'``), or None
+    when ``hazy_stem`` is not such a name."""
+    match = re.match(HAZE_NAME_REGEX, hazy_stem)
+    return match.group(1) if match else None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -233,9 +231,7 @@ def load_depth_file(path, kind='depth', png_scale=1000.0, focal=None, baseline=N
     elif ext == '.pfm':
         arr = read_pfm(path)
     elif ext == '.png':
-        raw = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        if raw is None:
-            raise ValueError(f'Unreadable depth PNG: {path}')
+        raw = decode_raw(np.fromfile(path, dtype=np.uint8), path)
         if raw.dtype != np.uint16:
             raise ValueError(f'{path}: depth PNG must be 16-bit single channel, got dtype {raw.dtype}')
         arr = raw.astype(np.float32)

@@ -9,11 +9,14 @@ Layout of one database (what ``basicsr.utils.FileClient('lmdb', ...)`` reads)::
 
 Differences from ``basicsr.utils.lmdb_util.make_lmdb_from_imgs``:
 
-* the key is the image's path relative to the folder without its extension (``sub/0001_0.8_0.2``): dotted stems
-  survive and equal names in different subfolders do not collide; two files that map to one key are an error;
+* the key is the image's :func:`~mixcl_arch.utils.image_io.image_key`, its path relative to the folder without its
+  extension (``sub/0001_0.8_0.2``): dotted stems survive and equal names in different subfolders do not collide;
+  two files that map to one key are an error, and so is a space in a key;
+* images are read as every reader of the project reads them (:func:`~mixcl_arch.utils.image_io.decode_raw`: pixel
+  count checked from the header first, EXIF orientation applied), so a database holds the pixels the folder gives;
 * the map size is computed from the data (decoded size bound, page-rounded, with margin) and grown on MapFullError;
 * keys must be ASCII because FileClient encodes them with ``.encode('ascii')``: non-ASCII names raise a clear error
-  listing them, or, with ``non_ascii='quote'``, are percent-encoded (see :func:`path_to_key`);
+  listing them, or, with ``non_ascii='quote'``, are percent-encoded (see :func:`mixcl_arch.utils.image_io.image_key`);
 * the database is written to ``NAME.lmdb.tmp`` and renamed when complete and verified, so an interrupted run never
   leaves a half-written database under the final name;
 * everything is read back and compared to the source pixels (``verify=True``), with a progress bar.
@@ -29,51 +32,25 @@ Readers should parse ``meta_info.txt`` with :func:`read_meta_info` (``line.rspli
 import os
 import os.path as osp
 import shutil
-import urllib.parse
 
 import cv2
 import lmdb
 import numpy as np
 from tqdm import tqdm
 
-from .haze import IMG_EXTENSIONS
+from mixcl_arch.utils.image_io import decode_raw, image_key, scan_images
 
-__all__ = [
-    'path_to_key', 'scan_image_folder', 'make_lmdb_from_folder', 'read_meta_info', 'verify_lmdb', 'open_lmdb',
-    'lmdb_env'
-]
+__all__ = ['keyed_images', 'make_lmdb_from_folder', 'read_meta_info', 'verify_lmdb', 'open_lmdb', 'lmdb_env']
 
 _PAGE = 4096
 
 
-def path_to_key(rel_path, non_ascii='error'):
-    """LMDB key for an image path relative to its folder.
-
-    Args:
-        rel_path (str): Relative path, e.g. ``sub/0001_0.8_0.2.png``.
-        non_ascii (str): 'error' (raise ValueError for non-ASCII names) or 'quote' (percent-encode them with
-            ``urllib.parse.quote``; ASCII names are left unchanged).
-
-    Returns:
-        str: Key with forward slashes and without the extension, e.g. ``sub/0001_0.8_0.2``.
-    """
-    key = osp.splitext(rel_path.replace(os.sep, '/'))[0]
-    if ' ' in key:
-        raise ValueError(f'{rel_path}: spaces are not allowed in LMDB keys (meta_info.txt is space separated)')
-    if not key.isascii():
-        if non_ascii == 'quote':
-            return urllib.parse.quote(key, safe="/_-.~+=,;:@!$&'()*")
-        raise ValueError(f'{rel_path}: non-ASCII file name; BasicSR FileClient needs ASCII keys. Rename the file '
-                         "or pass non_ascii='quote' (--non-ascii quote) to percent-encode it")
-    return key
-
-
-def scan_image_folder(folder, non_ascii='error'):
-    """Images under ``folder`` (recursive) and their keys.
+def keyed_images(folder, non_ascii='error'):
+    """Images under ``folder`` (recursive, :func:`~mixcl_arch.utils.image_io.scan_images`) and their LMDB keys.
 
     Args:
         folder (str): Image folder.
-        non_ascii (str): See :func:`path_to_key`.
+        non_ascii (str): 'error' or 'quote', see :func:`~mixcl_arch.utils.image_io.image_key`.
 
     Returns:
         list[tuple[str, str]]: Sorted ``(relative_path, key)`` pairs.
@@ -81,23 +58,15 @@ def scan_image_folder(folder, non_ascii='error'):
     Raises:
         FileNotFoundError: ``folder`` is missing. ValueError: no images, two files with one key, or bad names.
     """
-    if not osp.isdir(folder):
-        raise FileNotFoundError(f'Image folder not found: {folder}')
-    rels = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-        rels += [
-            osp.relpath(osp.join(dirpath, n), folder).replace(os.sep, '/') for n in filenames
-            if n.lower().endswith(IMG_EXTENSIONS) and not n.startswith('.')
-        ]
-    if not rels:
-        raise ValueError(f'No images found in {folder} (extensions: {", ".join(IMG_EXTENSIONS)})')
     errors, seen, out = [], {}, []
-    for rel in sorted(rels):
+    for rel in scan_images(folder):
         try:
-            key = path_to_key(rel, non_ascii)
+            key = image_key(rel, non_ascii)
         except ValueError as err:
             errors.append(str(err))
+            continue
+        if ' ' in key:
+            errors.append(f'{rel}: spaces are not allowed in LMDB keys (meta_info.txt is space separated)')
             continue
         if key in seen:
             errors.append(f'{seen[key]} and {rel} map to the same key {key!r}')
@@ -109,10 +78,7 @@ def scan_image_folder(folder, non_ascii='error'):
 
 
 def _read_raw(path):
-    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f'Unreadable image (OpenCV cannot decode it): {path}')
-    return img
+    return decode_raw(np.fromfile(path, dtype=np.uint8), path)
 
 
 def _estimate_map_size(folder, items):
@@ -238,7 +204,7 @@ def verify_lmdb(lmdb_path, folder=None, items=None, progress=True):
     Args:
         lmdb_path (str): The ``.lmdb`` folder.
         folder (str | None): Source folder; when given with ``items`` the decoded pixels must equal the source.
-        items (list[tuple[str, str]] | None): ``(relative_path, key)`` pairs from :func:`scan_image_folder`.
+        items (list[tuple[str, str]] | None): ``(relative_path, key)`` pairs from :func:`keyed_images`.
         progress (bool): Show a tqdm progress bar.
 
     Returns:
@@ -261,9 +227,10 @@ def verify_lmdb(lmdb_path, folder=None, items=None, progress=True):
                 buf = txn.get(key.encode('ascii'))
                 if buf is None:
                     raise ValueError(f'{lmdb_path}: key {key!r} from meta_info.txt is missing')
-                img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_UNCHANGED)
-                if img is None:
-                    raise ValueError(f'{lmdb_path}: value of key {key!r} does not decode')
+                try:
+                    img = decode_raw(np.frombuffer(buf, np.uint8), f'{lmdb_path} key {key!r}')
+                except ValueError as err:
+                    raise ValueError(f'{lmdb_path}: value of key {key!r} does not decode ({err})') from err
                 got = img.shape if img.ndim == 3 else img.shape + (1, )
                 if tuple(got) != tuple(shape):
                     raise ValueError(f'{lmdb_path}: key {key!r} decodes to {got}, meta_info says {shape}')
@@ -291,7 +258,7 @@ def make_lmdb_from_folder(folder,
         folder (str): Image folder (recursive).
         lmdb_path (str): Destination, must end with ``.lmdb``.
         compress_level (int): PNG compression level 0-9 of the stored values (BasicSR default 1).
-        non_ascii (str): 'error' or 'quote', see :func:`path_to_key`.
+        non_ascii (str): 'error' or 'quote', see :func:`keyed_images`.
         batch (int): Images per write transaction.
         verify (bool): Read everything back and compare with the sources before publishing.
         overwrite (bool): Replace an existing database at ``lmdb_path``.
@@ -304,7 +271,7 @@ def make_lmdb_from_folder(folder,
         raise ValueError(f'LMDB path must end with .lmdb, got {lmdb_path}')
     if osp.exists(lmdb_path) and not overwrite:
         raise FileExistsError(f'{lmdb_path} exists: pass overwrite=True (--overwrite) to replace it')
-    items = scan_image_folder(folder, non_ascii)
+    items = keyed_images(folder, non_ascii)
     tmp_path = lmdb_path.rstrip('/') + '.tmp'
     if osp.exists(tmp_path):
         shutil.rmtree(tmp_path)

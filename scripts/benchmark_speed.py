@@ -89,7 +89,7 @@ def model_opt(args, recipe, device, tmp):
         train['amp'] = 'bf16'
         train['compile'] = bool(cuda and not args.no_compile)
     return dict(name='bench', model_type='MixCLDehazeModel', num_gpu=1 if cuda else 0, is_train=True, dist=False,
-                rank=0, world_size=1, manual_seed=0, datasets={},
+                rank=0, world_size=1, manual_seed=0, datasets={}, conditioning=dict(source='oracle'),
                 network_g=dict(type='MixCLDehazeNet', variant=args.variant, data_range='unit'), train=train,
                 path=dict(pretrain_network_g=None, strict_load_g=True, models=tmp, training_states=tmp,
                           visualization=tmp), val=dict(save_img=False))
@@ -112,8 +112,8 @@ def _train_steps(args, model, recipe, device):
     b, s = args.batch, args.crop
     g = torch.Generator().manual_seed(0)
     gt = torch.rand(b, 3, s, s, generator=g)
-    cond = torch.nn.functional.normalize(torch.randn(b, 1, 512, generator=g), dim=-1)
-    data = dict(lq=gt * 0.6 + 0.3, gt=gt, cond=cond)
+    # the model's conditioner turns each image's domain label into its (unit-norm) stand-in text vector
+    data = dict(lq=gt * 0.6 + 0.3, gt=gt, domain=['indoor', 'outdoor'] * (b // 2) + ['indoor'] * (b % 2))
     for i in range(args.warmup):
         model.feed_data(data)
         model.optimize_parameters(i + 1)

@@ -50,3 +50,20 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, net_typ
     # rank 0's checkpoint holds these weights (BatchNorm running stats are per rank, as DDP without SyncBN)
     saved = torch.load(tmp_path / 'experiments' / 'tiny_ddp' / 'models' / 'net_g_latest.pth', weights_only=True)
     assert all(torch.equal(saved['params'][k], r0['state'][k]) for k in params)
+
+
+
+def test_init_dist_leaves_the_process_group_at_exit():
+    """Every rank waits for the others and destroys the group at exit (BasicSR never does, and rank 0 validates alone
+    after training: a rank exiting with live gloo threads can abort)."""
+    import subprocess
+    code = ('import atexit, os, torch.distributed as dist\n'
+            'from mixcl_arch.utils import basicsr_fixes\n'
+            # atexit runs last-in first-out: this check runs after the handler init_dist registers
+            "atexit.register(lambda: print('group destroyed' if not dist.is_initialized() else 'group alive'))\n"
+            "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='0', RANK='0', WORLD_SIZE='1')\n"
+            "basicsr_fixes.init_dist('pytorch', backend='gloo')\n"
+            'assert dist.is_initialized()\n')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith('group destroyed')

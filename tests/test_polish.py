@@ -283,7 +283,8 @@ def test_demo_sh_usage_and_bad_arguments(tmp_path):
 def _train_model(net, tmp_path):
     from basicsr.models import build_model
     opt = tiny_train_opt(str(tmp_path), net=net)
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, num_gpu=0, root_path=str(tmp_path))
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, num_gpu=0, root_path=str(tmp_path),
+               conditioning={'source': 'none'})  # no CLIP weights here; the frozen parameters do not depend on it
     opt['path'].update(experiments_root=str(tmp_path), models=str(tmp_path), training_states=str(tmp_path),
                        log=str(tmp_path), visualization=str(tmp_path))
     return build_model(opt)

@@ -11,7 +11,8 @@ that ``mixcl_arch/train.py`` and ``mixcl_arch/test.py`` go through. Each fix say
    allow-listed, searches ``<root_path>/experiments/<name>/training_states``, and with ``--auto_resume`` skips (with
    a warning naming it) every newer state that does not load or whose ``net_*_<iter>`` file is missing or damaged.
 2. ``init_dist`` (basicsr.utils.options): 1.4.2 hard-codes the NCCL backend and ``torch.cuda.set_device``; without
-   CUDA that cannot work. The fix uses NCCL on CUDA (device = LOCAL_RANK) and gloo on CPU (or ``MIXCL_DIST_BACKEND``).
+   CUDA that cannot work. The fix uses NCCL on CUDA (device = LOCAL_RANK) and gloo on CPU (or ``MIXCL_DIST_BACKEND``),
+   and at exit every rank waits for the others and destroys the process group (:func:`leave_process_group`).
 3. ``BaseModel.model_to_device``: 1.4.2 wraps DDP with ``device_ids=[torch.cuda.current_device()]``; on CPU
    ``device_ids`` must be None.
 4. ``--local-rank``: ``torch.distributed.launch`` on current torch passes ``--local-rank=N`` while BasicSR's argparse
@@ -32,6 +33,7 @@ that ``mixcl_arch/train.py`` and ``mixcl_arch/test.py`` go through. Each fix say
    applies, and cosine ``periods`` that end before ``total_iter`` are an option error at start.
 8. ``MessageLogger`` ETA (:func:`fix_eta`): BasicSR's last ETA was negative (``-1 day, 23:59:59``).
 """
+import atexit
 import collections
 import os
 import sys
@@ -183,6 +185,24 @@ def init_dist(launcher, backend=None, **kwargs):
         dist_util._init_dist_slurm(backend, **kwargs)
     else:
         raise ValueError(f'Invalid launcher type: {launcher!r} (expected none, pytorch or slurm).')
+    atexit.register(leave_process_group)
+
+
+def leave_process_group():
+    """At exit: wait for every rank, then destroy the process group (fix 2).
+
+    BasicSR never destroys it, and rank 0 validates alone after training: a rank that exited meanwhile tore its gloo
+    threads down at interpreter exit (``terminate called without an active exception``, SIGABRT), so torchrun
+    reported the run failed. A rank whose peers are already gone (a crash) just leaves.
+    """
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        return
+    try:
+        dist.barrier()
+    except Exception:  # a peer crashed or left: nothing to wait for
+        pass
+    dist.destroy_process_group()
 
 
 def model_to_device(self, net):

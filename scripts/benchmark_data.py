@@ -117,7 +117,7 @@ def bench_dataset(root, store, clip_opt, backend, workers, args):
 def bench_extract(prior, root, out, batch, limit=None):
     import shutil
 
-    from mixcl_arch.clip import FeatureStore
+    from mixcl_arch.clip.store import FeatureStore
     src = osp.join(root, 'hazy')
     if limit:
         src = osp.join(root, f'hazy_first{limit}')
@@ -144,7 +144,7 @@ def main(argv=None):
     import open_clip
     import torch
 
-    from mixcl_arch.clip import CLIPPrior
+    from mixcl_arch.clip.prior import CLIPPrior
     from mixcl_arch.clip.weights import register_model_cfg
     torch.manual_seed(0)
     result = {'host': {'cpus': os.cpu_count(), 'torch': torch.__version__, 'python': platform.python_version(),

@@ -24,7 +24,7 @@ Labelled sets:
 Classes default to the sorted labels; ``--classes`` fixes their order (and may add classes no image has). The text
 of a class is its name with ``_`` read as a space (``aquarium_fish`` -> "a photo of a aquarium fish."). Several
 ``--templates`` are ensembled as in the CLIP paper: the class feature is the normalised mean of the normalised
-text features (:class:`mixcl_arch.clip.CLIPPrior`). Probabilities are softmax(100 * cosine), as the project's CLIP
+text features (:class:`mixcl_arch.clip.prior.CLIPPrior`). Probabilities are softmax(100 * cosine), as the project's CLIP
 step. Weights resolve through :mod:`mixcl_arch.clip.weights`: a missing file or an uncached tag without network
 fails before any image is read, naming the file to get.
 
@@ -180,7 +180,7 @@ def prior_options(args, model, pretrained, classes, model_cfgs):
 
 def check_weights(models, args, model_cfgs):
     """Resolve the weights of every (model, pretrained) first; raises one CLIPWeightsError naming all missing."""
-    from mixcl_arch.clip import CLIPWeightsError, resolve_weights
+    from mixcl_arch.clip.weights import CLIPWeightsError, resolve_weights
     from mixcl_arch.clip.weights import register_model_cfg
     errors = []
     for model, pretrained in models:
@@ -332,7 +332,7 @@ def write_classify(writer, prefix, result, meta):
 
 def run_model(args, data, model, pretrained, model_cfgs):
     """Classify ``data`` with one model; returns (evaluate() result, summary metadata)."""
-    from mixcl_arch.clip import CLIPPrior
+    from mixcl_arch.clip.prior import CLIPPrior
     t0 = time.time()
     prior = CLIPPrior(**prior_options(args, model, pretrained, data.classes, model_cfgs))
     probs = zero_shot_probs(prior, data.paths, args.batch_size, args.num_workers, not args.quiet)
@@ -482,7 +482,7 @@ from mixcl_arch.utils.output_guard import OutputManifest, check_outputs_apart  #
 
 def main(argv=None):
     args = parse_args(argv)
-    from mixcl_arch.clip import CLIPWeightsError
+    from mixcl_arch.clip.weights import CLIPWeightsError
     try:
         out = classify(args) if args.command == 'classify' else sweep(args)
     except (CLIPWeightsError, ValueError, FileNotFoundError, FileExistsError) as err:

@@ -3,8 +3,8 @@
 
 Input: an image folder (recursive), a BasicSR LMDB (``*.lmdb`` with meta_info.txt), optionally restricted to the hazy
 images of a pair CSV (``--meta-file``). Images go through open_clip's own eval transform (PIL path). Output: a
-:class:`mixcl_arch.clip.FeatureStore` keyed by the image path relative to the folder without extension (the LMDB key),
-with its provenance. A re-run skips names already in the store (after checking the store was made with the same
+:class:`mixcl_arch.clip.store.FeatureStore` keyed by the image path relative to the folder without extension (the LMDB
+key), with its provenance. A re-run skips names already in the store (after checking the store was made with the same
 CLIP options); the store is rewritten atomically every ``--save-every`` batches and at the end. Prints one JSON
 summary per store (images per domain, mean confidence, speed).
 
@@ -238,8 +238,8 @@ def new_store(prior, cond, domains):
     """Empty store: CLIP's (prior given) or the stand-in's (NOT CLIP), with the 'density' kind when ``cond``."""
     import torch
 
-    from mixcl_arch.clip import FeatureStore
     from mixcl_arch.clip.cliphaze_cond import standin_provenance
+    from mixcl_arch.clip.store import FeatureStore
     from mixcl_arch.data.clip_data_util import standin_text_feature
     if prior is not None:
         store = FeatureStore.from_prior(prior)
@@ -309,8 +309,8 @@ def extract(prior, dataroot, out, meta_file=None, batch_size=64, num_workers=2, 
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from mixcl_arch.clip import FeatureStore
     from mixcl_arch.clip.cliphaze_cond import density_mismatches
+    from mixcl_arch.clip.store import FeatureStore
     t0 = time.time()
     manifest = store_manifest(out, overwrite)
     items, lmdb = list_keys(dataroot, meta_file)
@@ -389,7 +389,8 @@ def main(argv=None):
         if not osp.isfile(args.opt):
             raise FileNotFoundError(f'Options file not found: {args.opt}')
         opt = load_yaml_file(args.opt)
-    from mixcl_arch.clip import CLIPPrior, CLIPWeightsError
+    from mixcl_arch.clip.prior import CLIPPrior
+    from mixcl_arch.clip.weights import CLIPWeightsError
     cfg = conditioning_options(args, opt)
     cond = cfg.cliphaze if args.density else None
     clip = cfg.clip.as_dict()

@@ -17,7 +17,8 @@ import mixcl_arch  # noqa: F401  (before basicsr)
 from _clip_helpers import make_pairs, make_tiny_clip, tiny_clip_opt, write_img
 from basicsr.data import build_dataset
 from mixcl_arch.archs.mixdehazenet_arch import MixCLDehazeNet
-from mixcl_arch.clip import CLIPPrior, FeatureStore
+from mixcl_arch.clip.prior import CLIPPrior
+from mixcl_arch.clip.store import FeatureStore
 from mixcl_arch.conditioning.conditioner import CondBatch, OracleConditioner, StoreConditioner, build_conditioner
 from mixcl_arch.conditioning.config import MOVED_KEYS, ConditioningConfig
 from mixcl_arch.data.clip_data_util import augment_pair, standin_text_feature

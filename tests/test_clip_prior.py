@@ -9,8 +9,10 @@ import torch
 
 import mixcl_arch  # noqa: F401
 from _clip_helpers import TINY_CFG, TINY_NAME, make_tiny_clip, tiny_clip_opt
-from mixcl_arch.clip import (CLIPPrior, CLIPWeightsError, FeatureStore, build_condition, load_domain_text_features,
-                             provenance_mismatches)
+from mixcl_arch.clip.prior import CLIPPrior
+from mixcl_arch.clip.store import FeatureStore, load_domain_text_features, provenance_mismatches
+from mixcl_arch.clip.weights import CLIPWeightsError
+from mixcl_arch.conditioning.vectors import build_condition
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETS = {'density': ['thin haze', 'moderate haze', 'dense haze']}
@@ -132,7 +134,8 @@ def test_provenance_mismatches(prior, clip_file, tmp_path):
 def test_missing_weights_fail_without_network_and_with_a_clear_message(tmp_path):
     """An open_clip tag with empty caches: CLIPWeightsError naming what to set, and no network probe (the hub flag
     set by conftest is honoured; the probe is replaced by one that fails the run)."""
-    code = ('import mixcl_arch\nfrom mixcl_arch.clip import CLIPPrior, CLIPWeightsError, weights\n'
+    code = ('import mixcl_arch\nfrom mixcl_arch.clip import weights\nfrom mixcl_arch.clip.prior import CLIPPrior\n'
+            'from mixcl_arch.clip.weights import CLIPWeightsError\n'
             'def no_network(*args, **kwargs):\n    raise AssertionError("network probe despite HF_HUB_OFFLINE")\n'
             'weights._reachable = no_network\n'
             'try:\n    CLIPPrior(model="ViT-B-32", pretrained="openai")\n'

@@ -17,9 +17,10 @@ from _train_helpers import load_script
 from _clip_helpers import TINY_CFG, make_pairs, make_tiny_clip, tiny_clip_opt, write_img
 from basicsr.data import build_dataset
 from mixcl_arch.archs.cliphaze_arch import CLIPHazeNet
-from mixcl_arch.clip import CLIPPrior, FeatureStore
 from mixcl_arch.clip.cliphaze_cond import (CLIPHazeCondConfig, compute_cliphaze_conditioning, crop_density, crop_grid,
                                            standin_provenance, to_store_resolution)
+from mixcl_arch.clip.prior import CLIPPrior
+from mixcl_arch.clip.store import FeatureStore
 from mixcl_arch.conditioning.conditioner import CondBatch, StoreConditioner, build_conditioner
 from mixcl_arch.conditioning.config import ConditioningConfig
 from mixcl_arch.conditioning.kinds import apply_crop

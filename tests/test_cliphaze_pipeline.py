@@ -13,11 +13,13 @@ from basicsr.data import build_dataset
 from basicsr.models import build_model
 
 from _clip_helpers import make_tiny_clip, tiny_clip_opt
-from _train_helpers import ROOT, load_script, make_pair_dataset, run_entry, tiny_train_opt, validation_values, write_yaml
+from _train_helpers import (ROOT, load_script, make_pair_dataset, run_entry, tiny_train_opt, validation_values,
+                            write_yaml)
 from mixcl_arch import restorers
 from mixcl_arch.archs.cliphaze_arch import CAM, CLIPHazeNet
-from mixcl_arch.clip import CLIPPrior, FeatureStore
 from mixcl_arch.clip.cliphaze_cond import CLIPHazeCondConfig, compute_cliphaze_conditioning, dcp_density
+from mixcl_arch.clip.prior import CLIPPrior
+from mixcl_arch.clip.store import FeatureStore
 from mixcl_arch.conditioning.config import ConditioningConfig
 from mixcl_arch.data.clip_data_util import standin_text_feature
 from mixcl_arch.dehaze import main as dehaze_main

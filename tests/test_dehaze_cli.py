@@ -30,7 +30,7 @@ def clip_offline(monkeypatch):
 
 def _save_store(path, feats):
     """A real feature store file holding only per-domain text features (no images)."""
-    from mixcl_arch.clip import FeatureStore
+    from mixcl_arch.clip.store import FeatureStore
     domains = list(feats)
     FeatureStore({'domains': domains}, {'domain': torch.stack([feats[d] for d in domains])}).save(path)
     return str(path)
@@ -522,7 +522,7 @@ def tiny_clip(tmp_path_factory):
 
 
 def test_online_clip_conditioning_with_a_real_tiny_clip(ckpts, tiny_clip, tmp_path, capsys):
-    from mixcl_arch.clip import CLIPPrior
+    from mixcl_arch.clip.prior import CLIPPrior
     paths, net, _ = ckpts
     opt = {'clip': tiny_clip, 'conditioning': {'mode': 'soft'}}
     yml = tmp_path / 'opt.yml'

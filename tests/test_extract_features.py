@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 import mixcl_arch  # noqa: F401  (before basicsr)
 from _clip_helpers import TINY_CFG, make_pairs, make_tiny_clip, tiny_clip_opt
 from basicsr.data import build_dataset
-from mixcl_arch.clip import CLIPPrior, FeatureStore
+from mixcl_arch.clip.prior import CLIPPrior
+from mixcl_arch.clip.store import FeatureStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'scripts', 'extract_clip_features.py')

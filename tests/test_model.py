@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 from _clip_helpers import make_pairs, make_tiny_clip, tiny_clip_opt
 from _net_helpers import conv_output_dtypes
 from _train_helpers import ROOT, write_yaml
-from mixcl_arch.clip import CLIPPrior, FeatureStore
+from mixcl_arch.clip.prior import CLIPPrior
+from mixcl_arch.clip.store import FeatureStore
 from mixcl_arch.conditioning.conditioner import CLIPConditioner, NoneConditioner, OracleConditioner
 from mixcl_arch.data.clip_data_util import standin_text_feature
 from mixcl_arch.utils.basicsr_fixes import load_training_state

@@ -101,7 +101,7 @@ class StandIn:
         import open_clip
 
         from _clip_helpers import tiny_clip_opt
-        from mixcl_arch.clip import CLIPPrior
+        from mixcl_arch.clip.prior import CLIPPrior
         from mixcl_arch.clip.store import FeatureStore
         clip_opt = to_plain(clip_opt or {})
         tiny = tiny_clip_opt(self.clip_file, **{k: clip_opt[k] for k in ('domains', 'templates', 'prompt_sets')
@@ -131,7 +131,7 @@ class StandIn:
         """Feature store of ``split`` with CLIPHazeNet's density maps and embeddings for the options ``cliphaze``
         (``scripts/extract_clip_features.py --density``): by the tiny CLIP, or the DCP stand-in (NOT CLIP)."""
         from _clip_helpers import tiny_clip_opt
-        from mixcl_arch.clip import CLIPPrior
+        from mixcl_arch.clip.prior import CLIPPrior
         key = repr((split, cliphaze))
         if key not in self._stores:
             path = str(self.root / f'density_{split}_{len(self._stores)}.pt')

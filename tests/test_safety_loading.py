@@ -177,13 +177,13 @@ def clip_state(tmp_path_factory):
 
 def clip_prior(path, **kw):
     from _clip_helpers import tiny_clip_opt
-    from mixcl_arch.clip import CLIPPrior
+    from mixcl_arch.clip.prior import CLIPPrior
     return CLIPPrior.from_opt(tiny_clip_opt(path, **kw))
 
 
 def test_clip_file_with_code_entry_is_not_treated_as_torchscript(clip_state, tmp_path):
     """An ordinary torch.save file (with a pickle payload) plus an appended ``archive/code/`` entry."""
-    from mixcl_arch.clip import CLIPWeightsError
+    from mixcl_arch.clip.weights import CLIPWeightsError
     marker = tmp_path / 'MARKER'
     path = tmp_path / 'clip.pt'
     torch.save({'state_dict': clip_state, 'extra': WritesMarker(marker)}, path)
@@ -207,7 +207,7 @@ def test_clip_pickle_payload_is_refused_even_where_open_clip_would_retry(clip_st
     (BUILD of an OrderedDict with a (None, {}) state) and is harmless to the full unpickler before the marker."""
     from collections import OrderedDict
 
-    from mixcl_arch.clip import CLIPWeightsError
+    from mixcl_arch.clip.weights import CLIPWeightsError
 
     class TypeErrorUnderWeightsOnly:
 
@@ -244,7 +244,7 @@ def torchscript_archive(state, path):
 
 
 def test_clip_torchscript_loads_only_when_asked(clip_state, tmp_path):
-    from mixcl_arch.clip import CLIPWeightsError
+    from mixcl_arch.clip.weights import CLIPWeightsError
     path = torchscript_archive(clip_state, tmp_path / 'ViT-tiny.pt')
     with pytest.raises(CLIPWeightsError, match='clip.torchscript: true'):
         clip_prior(path)

@@ -455,7 +455,7 @@ def _standin_extract(tmp_path, out, *extra):
 
 
 def test_extract_clip_features_overwrite_replaces_only_its_own_store(tmp_path, capsys):
-    from mixcl_arch.clip import FeatureStore
+    from mixcl_arch.clip.store import FeatureStore
     from mixcl_arch.utils.output_guard import OutputManifest
     users = tmp_path / 'users.pt'
     users.write_bytes(b'a file of the user that happens to have the store name')

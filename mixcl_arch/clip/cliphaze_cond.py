@@ -15,7 +15,7 @@ Density map, ``density_source: clip`` (:func:`clip_density`):
    each through the prior's own eval transform (resized to the model's input size: any open_clip model works);
 3. P(hazy) of a crop = softmax(``logit_scale`` * cosine) over two classes: the hazy and the clear prompt ensembles.
    A class feature is the normalised mean over ``scenes`` of the normalised template mean
-   (:meth:`~mixcl_arch.clip.CLIPPrior.encode_classes`) of its templates, e.g. "a photo of a foggy {}" x
+   (:meth:`~mixcl_arch.clip.prior.CLIPPrior.encode_classes`) of its templates, e.g. "a photo of a foggy {}" x
    ["scene", "room", "street", "landscape"];
 4. each pixel gets the mean P(hazy) of the crops that contain it (overlap averaging), the map is resized back to the
    input size (bilinear) and normalised to [0, 1] (``normalize: minmax`` per image, the paper's "normalised map";
@@ -55,8 +55,8 @@ import torch.nn.functional as F
 from .prior import LOGIT_SCALE
 
 __all__ = ['CLIPHazeCondConfig', 'DENSITY_SOURCES', 'NORMALIZE_MODES', 'EMBEDDING_SOURCES', 'HAZY_TEMPLATES',
-           'CLEAR_TEMPLATES', 'SCENES', 'register_embedding_source', 'compute_cliphaze_conditioning', 'compute_density', 'clip_density',
-           'dcp_density', 'crop_grid', 'haze_text_features', 'to_store_resolution', 'crop_density',
+           'CLEAR_TEMPLATES', 'SCENES', 'register_embedding_source', 'compute_cliphaze_conditioning', 'compute_density',
+           'clip_density', 'dcp_density', 'crop_grid', 'haze_text_features', 'to_store_resolution', 'crop_density',
            'density_mismatches', 'standin_provenance']
 
 DENSITY_SOURCES = ('clip', 'dcp')
@@ -279,7 +279,7 @@ def clip_density(prior, x, cfg):
     """Zero-shot CLIP haze-density map (module docstring, steps 1-4).
 
     Args:
-        prior (CLIPPrior): Any open_clip model wrapped by :class:`~mixcl_arch.clip.CLIPPrior`.
+        prior (CLIPPrior): Any open_clip model wrapped by :class:`~mixcl_arch.clip.prior.CLIPPrior`.
         x (Tensor): (B, 3, H, W) hazy images in [0, 1].
         cfg (CLIPHazeCondConfig): Options.
 

@@ -15,7 +15,7 @@ reduced resolution (its ``meta`` says how it was made, e.g. ``store_scale``); st
 
 ``text_hard`` / ``text_soft`` of an image are not duplicated on disk: they are rebuilt exactly from its probabilities
 and the class text features (hard = row of the most probable class, soft = ``probs @ class_text``), the same
-computation as :class:`~mixcl_arch.clip.CLIPPrior`, so :meth:`FeatureStore.get` returns them bit-identical.
+computation as :class:`~mixcl_arch.clip.prior.CLIPPrior`, so :meth:`FeatureStore.get` returns them bit-identical.
 """
 import os
 
@@ -176,7 +176,7 @@ class FeatureStore:
     # ---------------------------------------------------------------------------------------------- build / io
     @classmethod
     def from_prior(cls, prior):
-        """Empty store for the outputs of ``prior`` (a :class:`~mixcl_arch.clip.CLIPPrior`)."""
+        """Empty store for the outputs of ``prior`` (a :class:`~mixcl_arch.clip.prior.CLIPPrior`)."""
         return cls(prior.provenance(), prior.class_text)
 
     def add_spatial_kind(self, kind, meta):

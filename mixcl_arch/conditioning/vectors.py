@@ -125,7 +125,7 @@ def build_condition(out, mode='hard', extra=()):
     """Stack the conditioning vectors of a batch.
 
     Args:
-        out (dict): Output of :class:`~mixcl_arch.clip.CLIPPrior` (or a feature store lookup): 'text_hard',
+        out (dict): Output of :class:`~mixcl_arch.clip.prior.CLIPPrior` (or a feature store lookup): 'text_hard',
             'text_soft', 'image_emb' (B, E) and, per extra set, '<set>_text_hard' / '<set>_text_soft'.
         mode (str): 'hard' or 'soft' for the primary vector.
         extra (list[str]): Extra vectors (module docstring).

@@ -140,7 +140,8 @@ def _image(folder):
 
 
 def test_cli_param_text_reaches_the_dataclass_and_bad_text_is_a_clear_error(tmp_path, capsys):
-    from mixcl_arch.dehaze import _build, main, parse_args
+    from mixcl_arch.dehaze import _build, main
+    from mixcl_arch.dehaze_args import parse_args
     _image(tmp_path / 'in')
     base = ['-i', str(tmp_path / 'in'), '-o', str(tmp_path / 'out'), '--method', 'dcp']
     assert main(base + ['--param', 'omega=abc']) == 1

@@ -257,7 +257,7 @@ def test_clip_torchscript_loads_only_when_asked(clip_state, tmp_path):
 
 
 def test_clip_torchscript_flag_reaches_the_prior_from_both_command_lines():
-    from mixcl_arch.dehaze import parse_args
+    from mixcl_arch.dehaze_args import parse_args
     assert parse_args(['-i', 'x', '-o', 'y', '--weights', 'w', '--clip-torchscript']).clip_torchscript
     ecf = load_script('extract_clip_features')
     args = ecf.parse_args(['--dataroot', 'd', '--pretrained', 'ViT-B-32.pt', '--clip-torchscript'])

@@ -581,7 +581,7 @@ def test_docs_explain_every_code_running_opt_in():
     """docs/inference.md and docs/training.md name each opt-in that lets a file run code, in its section, with the
     danger spelled out; and each documented name is a real option (a renamed flag fails here, not in a user's run)."""
     from mixcl_arch.clip.prior import PRIOR_OPTION_KEYS
-    from mixcl_arch.dehaze import parse_args
+    from mixcl_arch.dehaze_args import parse_args
     from mixcl_arch.utils.checkpoint import SAVE_FORMATS
 
     def section(doc, title):

@@ -254,18 +254,20 @@ def cliphaze_rows(prior, cond, store, keys, pixels, images, labels):
     import torch
     import torch.nn.functional as F
 
-    from mixcl_arch.clip.cliphaze_cond import compute_cliphaze_conditioning, compute_density, to_store_resolution
+    from mixcl_arch.clip.cliphaze_cond import to_store_resolution
+    from mixcl_arch.conditioning.conditioner import CondBatch
+    from mixcl_arch.conditioning.config import ConditioningConfig
+    from mixcl_arch.conditioning.kinds import Density, Embedding
+    cfg = ConditioningConfig(cliphaze=cond)  # the conditioner's own kinds compute what the store will serve
     out = prior.from_pixels(pixels) if prior is not None else {}
     domains = [labels.get(k, cond.standin_domain) for k in keys]
     own_emb = cond.embedding_source != 'clip'  # CLIP's embedding is already in ``out`` (PIL path, as without cond)
     maps, embs = [], []
     for img, domain in zip(images, domains):  # one image at a time: sizes differ
+        batch = CondBatch(img[None], domains=(domain, ) if domain else None)
+        maps.append(to_store_resolution(Density().online(prior, batch, cfg), cond.store_scale)[0])
         if own_emb:
-            density, emb = compute_cliphaze_conditioning(prior, img[None], cond, [domain] if domain else None)
-            embs.append(emb)
-        else:
-            density = compute_density(prior, img[None], cond)
-        maps.append(to_store_resolution(density, cond.store_scale)[0])
+            embs.append(Embedding().online(prior, batch, cfg))
     if own_emb:
         out['image_emb'] = torch.cat(embs)
     if prior is None:  # stand-in: the domain label as a one-hot probability

@@ -58,3 +58,24 @@ def make_pairs(root, n=4, size=(40, 48), ext='.png', gt_ext=None, seed=0, domain
         w.writeheader()
         w.writerows(rows)
     return names
+
+
+def cliphaze_online(prior, x, cfg, domains=None):
+    """CLIPHaze's density map and embedding of ``x`` as the online conditioner computes them (its kinds).
+
+    Args:
+        prior (CLIPPrior | None): None for the DCP stand-in with the stand-in embedding.
+        x (Tensor): (B, 3, H, W) in [0, 1].
+        cfg (CLIPHazeCondConfig | dict): ``cliphaze_cond`` options.
+        domains (list[str] | None): Per-image domain labels (stand-in embedding).
+
+    Returns:
+        tuple[Tensor, Tensor]: density (B, 1, H, W), embedding (B, E).
+    """
+    from mixcl_arch.clip.cliphaze_cond import CLIPHazeCondConfig
+    from mixcl_arch.conditioning.conditioner import CondBatch
+    from mixcl_arch.conditioning.config import ConditioningConfig
+    from mixcl_arch.conditioning.kinds import Density, Embedding
+    cfg = ConditioningConfig(cliphaze=cfg if isinstance(cfg, CLIPHazeCondConfig) else CLIPHazeCondConfig.from_opt(cfg))
+    batch = CondBatch(x, domains=None if domains is None else tuple(domains))
+    return Density().online(prior, batch, cfg), Embedding().online(prior, batch, cfg)

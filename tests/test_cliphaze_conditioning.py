@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 import mixcl_arch  # noqa: F401  (before basicsr)
 from _train_helpers import load_script
-from _clip_helpers import TINY_CFG, make_pairs, make_tiny_clip, tiny_clip_opt, write_img
+from _clip_helpers import TINY_CFG, cliphaze_online, make_pairs, make_tiny_clip, tiny_clip_opt, write_img
 from basicsr.data import build_dataset
 from mixcl_arch.archs.cliphaze_arch import CLIPHazeNet
-from mixcl_arch.clip.cliphaze_cond import (CLIPHazeCondConfig, compute_cliphaze_conditioning, crop_density, crop_grid,
-                                           standin_provenance, to_store_resolution)
+from mixcl_arch.clip.cliphaze_cond import (CLIPHazeCondConfig, crop_density, crop_grid, standin_provenance,
+                                           to_store_resolution)
 from mixcl_arch.clip.prior import CLIPPrior
 from mixcl_arch.clip.store import FeatureStore
 from mixcl_arch.conditioning.conditioner import CondBatch, StoreConditioner, build_conditioner
@@ -58,7 +58,7 @@ def test_dcp_density_increases_with_beta():
     means = []
     for beta in (0.25, 0.5, 1.0, 2.0, 3.0):
         hazy, _ = synthesize_haze(clear, depth, beta, 0.9)
-        density, emb = compute_cliphaze_conditioning(None, to_batch(hazy), cfg)
+        density, emb = cliphaze_online(None, to_batch(hazy), cfg)
         assert density.shape == (1, 1, 48, 64) and 0 <= float(density.min()) <= float(density.max()) <= 1
         means.append(float(density.mean()))
         assert torch.equal(emb[0], standin_text_feature('outdoor'))  # the demo's stand-in, not CLIP
@@ -70,16 +70,16 @@ def test_dcp_density_increases_with_beta():
 def test_clip_route_runs_end_to_end_with_the_tiny_clip(prior):
     x = torch.stack([to_batch(smooth_image(40, 56, seed))[0] for seed in (1, 2)])
     cfg = {'crop': 32, 'stride': 16, 'short_side': 48, 'crop_batch': 4}
-    density, emb = compute_cliphaze_conditioning(prior, x, cfg)
+    density, emb = cliphaze_online(prior, x, cfg)
     assert density.shape == (2, 1, 40, 56) and density.dtype == torch.float32
     for d in density:  # min-max normalised per image
         assert float(d.min()) == pytest.approx(0, abs=1e-6) and float(d.max()) == pytest.approx(1, abs=1e-6)
     assert emb.shape == (2, 512) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
     assert torch.allclose(emb, prior(x)['image_emb'], atol=1e-6)  # the hazy input's CLIP image embedding
-    raw, _ = compute_cliphaze_conditioning(prior, x, dict(cfg, normalize='none'))
+    raw, _ = cliphaze_online(prior, x, dict(cfg, normalize='none'))
     assert 0 < float(raw.min()) < float(raw.max()) < 1 and not torch.allclose(raw, density)
     with pytest.raises(ValueError, match='density_source: clip needs a CLIP prior'):
-        compute_cliphaze_conditioning(None, x, cfg)
+        cliphaze_online(None, x, cfg)
 
 
 def test_overlap_averaging_equals_an_independent_computation(prior):
@@ -89,7 +89,7 @@ def test_overlap_averaging_equals_an_independent_computation(prior):
     cfg = CLIPHazeCondConfig(crop=16, stride=8, short_side=None, normalize='none', crop_batch=3, logit_scale=50.0,
                              hazy_templates=('a foggy {}', 'a {} in haze'), clear_templates=('a clear {}', ),
                              scenes=('room', 'street'))
-    density, _ = compute_cliphaze_conditioning(prior, x, cfg)
+    density, _ = cliphaze_online(prior, x, cfg)
 
     def class_feature(templates):
         tokens = prior.tokenizer([t.format(s) for s in cfg.scenes for t in templates])
@@ -230,7 +230,7 @@ def test_extract_dcp_standin_to_dataset_and_provenance_mismatch_rejected(tmp_pat
     ds = build_dataset(opt)
     cond = store_conditioner(cliphaze_cond, out)
     got, batch = conditioned(cond, [ds[0], ds[1]])
-    online, _ = compute_cliphaze_conditioning(None, batch['lq'][1:], cfg, ['outdoor'])
+    online, _ = cliphaze_online(None, batch['lq'][1:], cfg, ['outdoor'])
     assert got['density'].shape == (2, 1, 5, 6) and batch['domain'] == ['indoor', 'outdoor']
     assert torch.allclose(got['density'][1:], to_store_resolution(online, 8), atol=1e-3)
     assert torch.equal(got['embedding'][1], standin_text_feature('outdoor'))  # the CSV label's stand-in
@@ -273,7 +273,7 @@ def test_extract_clip_route_stores_density_and_embedding(tmp_path, capsys):
     prior = CLIPPrior.from_opt(tiny_clip_opt(clip_file))
     img = cv2.imread(os.path.join(root, 'hazy', names[1] + '.png'))[..., ::-1] / 255.0
     cfg = CLIPHazeCondConfig(crop=16, stride=8, short_side=24, scenes=('room', ), store_scale=4)
-    density, _ = compute_cliphaze_conditioning(prior, to_batch(img), cfg)
+    density, _ = cliphaze_online(prior, to_batch(img), cfg)
     stored = store.get_spatial('density', store.index[names[1]])
     assert stored.shape == (1, 6, 7) and torch.allclose(stored, to_store_resolution(density, 4)[0], atol=2e-3)
 
@@ -294,7 +294,7 @@ def test_options_are_validated_and_errors_name_the_key():
     with pytest.raises(ValueError, match='embedding_source must be one of'):
         CLIPHazeCondConfig(embedding_source='daclip')
     with pytest.raises(ValueError, match='standin_domain'):
-        compute_cliphaze_conditioning(None, torch.rand(1, 3, 16, 16), {'density_source': 'dcp'})
+        cliphaze_online(None, torch.rand(1, 3, 16, 16), {'density_source': 'dcp'})
     store = standin_store(['a'], [torch.zeros(1, 2, 2)])
     with pytest.raises(ValueError, match='every kind of'):
         store.add(['b'], {'probs': torch.ones(1, 2), 'image_emb': torch.ones(1, 512)})

@@ -12,12 +12,12 @@ import torch
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 
-from _clip_helpers import make_tiny_clip, tiny_clip_opt
+from _clip_helpers import cliphaze_online, make_tiny_clip, tiny_clip_opt
 from _train_helpers import (ROOT, load_script, make_pair_dataset, run_entry, tiny_train_opt, validation_values,
                             write_yaml)
 from mixcl_arch import restorers
 from mixcl_arch.archs.cliphaze_arch import CAM, CLIPHazeNet
-from mixcl_arch.clip.cliphaze_cond import CLIPHazeCondConfig, compute_cliphaze_conditioning, dcp_density
+from mixcl_arch.clip.cliphaze_cond import CLIPHazeCondConfig, dcp_density
 from mixcl_arch.clip.prior import CLIPPrior
 from mixcl_arch.clip.store import FeatureStore
 from mixcl_arch.conditioning.config import ConditioningConfig
@@ -177,7 +177,7 @@ def test_model_computes_missing_conditioning_online_and_tiles_the_density(tmp_pa
     calls = _recorder(whole.net_g)
     whole.feed_data(dict(lq=x))  # no density / embedding in the batch: computed online from cliphaze_cond
     whole.test()
-    density, embedding = compute_cliphaze_conditioning(None, x, CLIPHazeCondConfig(**DCP_COND), ['outdoor'])
+    density, embedding = cliphaze_online(None, x, CLIPHazeCondConfig(**DCP_COND), ['outdoor'])
     torch.testing.assert_close(calls[0][1]['density'], density)
     assert torch.equal(calls[0][1]['embedding'], embedding) and len(calls) == 1
     # a batch's domain label (the pair CSV's) picks the stand-in embedding; conditioning tensors in it are not read
@@ -295,7 +295,7 @@ def test_cli_clip_route_uses_the_clip_section_and_missing_weights_name_the_stand
     x = torch.from_numpy(_read16(os.path.join(src, 'big.png')).transpose(2, 0, 1).copy()).float()[None]
     prior = CLIPPrior.from_opt(tiny_clip_opt(clip_file))
     with torch.no_grad():
-        ref = net(x, *compute_cliphaze_conditioning(prior, x, CLIPHazeCondConfig.from_opt(cond))).clamp(0, 1)
+        ref = net(x, *cliphaze_online(prior, x, CLIPHazeCondConfig.from_opt(cond))).clamp(0, 1)
     out = _read16(str(tmp_path / 'out' / 'big.png'))
     assert np.abs(out - ref[0].permute(1, 2, 0).numpy()).max() < 1e-4
     assert 'NOT CLIP' not in capsys.readouterr().err

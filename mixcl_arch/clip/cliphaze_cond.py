@@ -43,7 +43,8 @@ stored in fp16 by :class:`~mixcl_arch.clip.store.FeatureStore`); block (i, j) is
 (i + 0.5) * s - 0.5, the convention of bilinear resizing with ``align_corners=False``. :func:`crop_density` cuts the
 part that belongs to an image crop out of a stored map.
 
-Entry point for the model / CLI: :func:`compute_cliphaze_conditioning`.
+Used through :mod:`mixcl_arch.conditioning.kinds` (``Density``, ``Embedding``): the conditioner of the model, the CLI
+and ``scripts/extract_clip_features.py``.
 """
 import dataclasses
 import math
@@ -55,7 +56,7 @@ import torch.nn.functional as F
 from .prior import LOGIT_SCALE
 
 __all__ = ['CLIPHazeCondConfig', 'DENSITY_SOURCES', 'NORMALIZE_MODES', 'EMBEDDING_SOURCES', 'HAZY_TEMPLATES',
-           'CLEAR_TEMPLATES', 'SCENES', 'register_embedding_source', 'compute_cliphaze_conditioning', 'compute_density',
+           'CLEAR_TEMPLATES', 'SCENES', 'register_embedding_source', 'compute_density',
            'clip_density', 'dcp_density', 'crop_grid', 'haze_text_features', 'to_store_resolution', 'crop_density',
            'density_mismatches', 'standin_provenance']
 
@@ -326,37 +327,9 @@ def dcp_density(x, cfg):
     return (1.0 - t).clamp(0, 1)
 
 
-def compute_cliphaze_conditioning(prior, x, cfg, domains=None):
-    """CLIPHaze's density map and embedding of hazy images, online (the one entry point for the model and the CLI).
-
-    Args:
-        prior (CLIPPrior | None): The CLIP prior; None is enough for ``density_source: dcp`` with
-            ``embedding_source: standin``.
-        x (Tensor): (B, 3, H, W) hazy images in [0, 1].
-        cfg (CLIPHazeCondConfig | dict): Options (a dict is parsed with :meth:`CLIPHazeCondConfig.from_opt`).
-        domains (list[str] | None): Per-image domain labels for the stand-in embedding (None: ``standin_domain``).
-
-    Returns:
-        tuple[Tensor, Tensor]: density (B, 1, H, W) float32 in [0, 1] and embedding (B, E) float32, L2-normalised,
-        both on ``x``'s device; pass them to ``CLIPHazeNet(x, density, embedding)``.
-
-    Raises:
-        ValueError: Bad input shape, or a route that needs a prior called without one.
-    """
-    if not isinstance(cfg, CLIPHazeCondConfig):
-        cfg = CLIPHazeCondConfig.from_opt(cfg)
-    if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f'CLIPHaze conditioning expects (B, 3, H, W) images in [0, 1], got '
-                         f'{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}.')
-    density = compute_density(prior, x, cfg)
-    with torch.no_grad():
-        emb = EMBEDDING_SOURCES[cfg.embedding_source](prior, x, cfg, domains)
-    return density, emb.float().to(x.device)
-
-
 def compute_density(prior, x, cfg):
-    """The density map alone, (B, 1, H, W) float32 in [0, 1], by ``cfg.density_source`` (see
-    :func:`compute_cliphaze_conditioning`)."""
+    """The density map of hazy images ``x`` (B, 3, H, W) in [0, 1]: (B, 1, H, W) float32 in [0, 1] on ``x``'s
+    device, by ``cfg.density_source`` (``prior`` None is enough for 'dcp')."""
     if cfg.density_source == 'dcp':
         return dcp_density(x, cfg)
     if prior is None:

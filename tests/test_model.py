@@ -358,6 +358,12 @@ def test_bad_conditioning_fails_at_model_construction(tmp_path, pairs):
         yaml_model(tmp_path, pairs, 1, dict(source='store'))
     with pytest.raises(OptionError, match=r'datasets\.val\.meta_file: missing'):  # no domain labels
         yaml_model(tmp_path, pairs, 1, dict(source='oracle'), meta_file=None)
+    # oracle labels (indoor / outdoor in the pair CSV) without a text feature in the run's store
+    other = tmp_path / 'day_night.pt'
+    torch.save({'domain_text': {d: torch.nn.functional.normalize(torch.randn(512), dim=0) for d in ('day', 'night')}},
+               other)
+    with pytest.raises(ValueError, match=r"Domain\(s\) \['indoor', 'outdoor'\] have no text feature in .*day_night"):
+        yaml_model(tmp_path, pairs, 1, dict(source='oracle', store=str(other)))
     with pytest.raises(RuntimeError, match='clip.pretrained') as err:
         yaml_model(tmp_path, pairs, 1, dict(source='clip', fallback=None),
                    clip=tiny_clip_opt(tmp_path / 'missing_clip.pt'))

@@ -534,7 +534,7 @@ def test_make_haze_pairs_index_existing_never_replaces_a_foreign_meta_csv(tmp_pa
 
 
 # ------------------------------------------------------ the pixel limit guards every decoder (remaining gaps)
-def test_imread_rgb_refuses_a_bomb_before_decoding(tmp_path, imdecode_spy):
+def test_decode_image_refuses_a_bomb_before_decoding(tmp_path, imdecode_spy):
     seen, _ = imdecode_spy
     (tmp_path / 'bomb.png').write_bytes(bomb_png())
     with pytest.raises(ValueError, match='bomb.png.*exceeds'):

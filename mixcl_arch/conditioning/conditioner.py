@@ -144,7 +144,7 @@ class StoreConditioner(Conditioner):
 class _DomainVectors(Conditioner):
     """Shared by the label-based sources: per-domain text vectors from a store file, or the stand-in."""
 
-    def _text(self, labels, store_path):
+    def text_vectors(self, labels, store_path):
         """(B, E) text vectors of ``labels`` from ``store_path`` (None: the crc32-seeded stand-in, NOT CLIP)."""
         stack = next((k for k in self.kinds if k.name == 'cond'), None)
         if stack is None:
@@ -166,7 +166,7 @@ class _DomainVectors(Conditioner):
         return vectors
 
     def _from_labels(self, labels, batch, store_path):
-        vectors = None if labels is None else self._text(labels, store_path)
+        vectors = None if labels is None else self.text_vectors(labels, store_path)
         return {kind.name: kind.from_domains(labels, vectors, batch, self.cfg) for kind in self.kinds}
 
 
@@ -199,7 +199,7 @@ class DomainConditioner(_DomainVectors):
         self.domain = domain or cfg.domain
         self._feats = {}
         self.source = f'domain:{self.domain}'
-        self._text([self.domain], cfg.store)  # a missing file or domain fails now
+        self.text_vectors([self.domain], cfg.store)  # a missing file or domain fails now
 
     def compute(self, batch):
         return self._from_labels([self.domain] * batch.images.shape[0], batch, self.cfg.store)

@@ -43,6 +43,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from mixcl_arch.conditioning.conditioner import CondBatch, build_conditioner
 from mixcl_arch.conditioning.config import ConditioningConfig
 from mixcl_arch.conditioning.kinds import Density
+from mixcl_arch.data.clip_data_util import read_pair_csv
 from mixcl_arch.models.dehaze_model import DehazeModel
 from mixcl_arch.utils.net_call import run_net
 from mixcl_arch.utils.options import OptionError
@@ -90,7 +91,8 @@ class MixCLDehazeModel(DehazeModel):
     def _check_datasets(self, datasets):
         """What the datasets can no longer check, now that they serve records only.
 
-        Source oracle: every dataset needs a pair CSV (``meta_file``, its domain column). Source store: every dataset
+        Source oracle: every dataset needs a pair CSV (``meta_file``, its domain column), and with a store every label
+        needs a text feature in it. Source store: every dataset
         needs a store, and stored density maps (1 / ``store_scale`` of the image) follow a train crop (flipped and
         turned as the image) exactly only when ``gt_size`` is a multiple of ``store_scale``.
         """
@@ -99,6 +101,12 @@ class MixCLDehazeModel(DehazeModel):
                 if not ds.get('meta_file'):
                     raise OptionError(f'datasets.{phase}.meta_file: missing; conditioning.source oracle reads each '
                                       "image's domain label from the pair CSV's domain column.")
+                store = self.cond_cfg.store or ds.get('feature_store')
+                if store:  # every label needs a text feature there (the stand-in takes any label)
+                    rows = read_pair_csv(ds['meta_file'], need_domain=True,
+                                         domain_column=ds.get('domain_column', 'domain'))
+                    labels = sorted({row[ds.get('domain_column', 'domain')] for row in rows})
+                    self.conditioner.text_vectors(labels, store)
         if self.cond_cfg.source != 'store':
             return
         density = any(isinstance(kind, Density) for kind in self.conditioner.kinds)

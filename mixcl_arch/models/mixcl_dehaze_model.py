@@ -36,6 +36,7 @@ An unconditioned net (MixDehazeNet, AODNet, CLIPHazeNet with ``cam: none``) stil
 ``net(lq)``; the log suggests ``model_type: DehazeModel``, which is the same without the conditioning.
 """
 from functools import partial
+from os import path as osp
 
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
@@ -102,7 +103,9 @@ class MixCLDehazeModel(DehazeModel):
                     raise OptionError(f'datasets.{phase}.meta_file: missing; conditioning.source oracle reads each '
                                       "image's domain label from the pair CSV's domain column.")
                 store = self.cond_cfg.store or ds.get('feature_store')
-                if store:  # every label needs a text feature there (the stand-in takes any label)
+                # every label needs a text feature in the store (the stand-in takes any label); a missing pair CSV is
+                # the dataset's error, raised when BasicSR builds it, before the model
+                if store and osp.isfile(ds['meta_file']):
                     rows = read_pair_csv(ds['meta_file'], need_domain=True,
                                          domain_column=ds.get('domain_column', 'domain'))
                     labels = sorted({row[ds.get('domain_column', 'domain')] for row in rows})
